@@ -1,0 +1,134 @@
+"""Configuration shared by the DAGs and the command: Airflow connections and a few variables.
+
+Connections are resolved through Airflow's own lookup (environment variables
+`AIRFLOW_CONN_*`, secrets backends, the metadata database), so the command and the DAGs
+read exactly the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SOURCE_CONN_ID = "portability_source"
+STORAGE_CONN_ID = "portability_s3"
+REGIONS = ("us", "eu")
+
+
+class ConfigurationError(RuntimeError):
+    """The deployment is misconfigured; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    conninfo: str = field(repr=False)  # may carry a password
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    endpoint_url: str | None
+    region_name: str
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    key_secret: bytes = field(default=b"", repr=False)  # HMAC key for unguessable object keys
+    buckets: dict[str, str] = field(default_factory=dict)
+
+    def bucket_for(self, region: str) -> str:
+        """The bucket that holds a region's archives; never falls back to another region."""
+        try:
+            return self.buckets[region]
+        except KeyError:
+            raise ConfigurationError(
+                f"no bucket is configured for region {region!r}: add it to PORTABILITY_BUCKETS, "
+                f'e.g. {{"{region}": "exports-{region}"}}'
+            ) from None
+
+
+def _connection(conn_id: str):
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException:
+        raise ConfigurationError(
+            f"Airflow connection {conn_id!r} is not defined: set AIRFLOW_CONN_{conn_id.upper()} "
+            "or add it in the Airflow UI (see README, 'Pointing at real stores')"
+        ) from None
+
+
+def source_settings() -> SourceSettings:
+    from psycopg.conninfo import make_conninfo
+
+    conn = _connection(SOURCE_CONN_ID)
+    params = {
+        "host": conn.host or "localhost",
+        "port": conn.port or 5432,
+        "dbname": conn.schema or "postgres",
+        "user": conn.login,
+        "password": conn.password,
+    }
+    params.update({k: v for k, v in conn.extra_dejson.items() if k in {"sslmode", "sslrootcert", "options"}})
+    return SourceSettings(make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")}))
+
+
+def buckets() -> dict[str, str]:
+    raw = os.environ.get("PORTABILITY_BUCKETS", "")
+    if not raw:
+        raise ConfigurationError(
+            'PORTABILITY_BUCKETS is not set: give the bucket of each region as JSON, '
+            'e.g. {"us": "exports-us", "eu": "exports-eu"}'
+        )
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"PORTABILITY_BUCKETS is not valid JSON ({exc.msg}); expected an object") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigurationError('PORTABILITY_BUCKETS must be a JSON object of region to bucket name')
+    unknown = set(value) - set(REGIONS)
+    if unknown:
+        raise ConfigurationError(f"PORTABILITY_BUCKETS names unknown regions {sorted(unknown)}; use {REGIONS}")
+    return value
+
+
+def storage_settings() -> StorageSettings:
+    conn = _connection(STORAGE_CONN_ID)
+    extra = conn.extra_dejson
+    key_secret = extra.get("key_secret") or conn.password
+    if not key_secret:
+        raise ConfigurationError(
+            f"connection {STORAGE_CONN_ID!r} has neither a secret access key nor extra 'key_secret': "
+            "set 'key_secret' in its extra (any long random string) so archive keys cannot be guessed"
+        )
+    return StorageSettings(
+        endpoint_url=extra.get("endpoint_url") or None,
+        region_name=extra.get("region_name") or "us-east-1",
+        access_key=conn.login or None,
+        secret_key=conn.password or None,
+        key_secret=key_secret.encode(),
+        buckets=buckets(),
+    )
+
+
+def schemas_dir() -> Path:
+    """Where the JSON Schemas live: PORTABILITY_SCHEMAS_DIR, else the checkout's `schemas/`."""
+    configured = os.environ.get("PORTABILITY_SCHEMAS_DIR")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+    if not (path / "export_request.schema.json").is_file():
+        raise ConfigurationError(
+            f"JSON Schemas not found in {path}: set PORTABILITY_SCHEMAS_DIR to the project's schemas/ folder"
+        )
+    return path
+
+
+def mapping_path() -> Path:
+    """The source mapping: PORTABILITY_MAPPING, else the reference mapping shipped with the package."""
+    configured = os.environ.get("PORTABILITY_MAPPING")
+    return Path(configured) if configured else Path(__file__).with_name("mappings") / "reference.toml"
+
+
+def organization_name() -> str:
+    """Who exports the data, as bag-info.txt names it."""
+    return os.environ.get("PORTABILITY_ORGANIZATION", "Example ESP")

@@ -1,0 +1,53 @@
+"""The local set-up of the README: a state folder, the embedded stores and an Airflow home.
+
+Used when nothing is configured: the demo, the tests and a developer's shell all run against a
+real PostgreSQL and a real S3 server started from PyPI packages under `.state/`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("PORTABILITY_STATE_DIR") or REPO / ".state").resolve()
+
+
+def airflow_env(store_env: dict[str, str], state: Path) -> dict[str, str]:
+    """Environment for Airflow commands and for this library against the embedded stores."""
+    return {
+        **store_env,
+        "AIRFLOW_HOME": str(state / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "PORTABILITY_SCHEMAS_DIR": str(REPO / "schemas"),
+    }
+
+
+def start_stores(state: Path | None = None) -> dict[str, str]:
+    """Start (or reuse) the embedded stores; returns the environment that points at them."""
+    from portability import embedded
+
+    state = state or state_dir()
+    endpoints = embedded.start(state / "stores")
+    return airflow_env(endpoints.airflow_env(), state)
+
+
+def apply(env: dict[str, str]) -> None:
+    """Point this process at the local set-up, unless the user configured real stores."""
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+
+
+def airflow(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    """Run the `airflow` command of this virtualenv with the local environment."""
+    executable = Path(sys.executable).with_name("airflow")
+    return subprocess.run([str(executable), *args], env={**os.environ, **env}, check=False, **kwargs)

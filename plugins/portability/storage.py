@@ -1,0 +1,300 @@
+"""S3-compatible object storage: streaming uploads, conditional publishing and presigned links.
+
+Everything goes through boto3's transfer manager, fed from a bounded queue, so a file or an
+archive of any size streams to a multipart upload without being held in memory or on disk.
+A multipart upload is invisible until it completes, so an aborted stream publishes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from portability.config import StorageSettings
+
+log = logging.getLogger(__name__)
+
+PART_BYTES = 8 * 1024 * 1024
+_CHUNK_BYTES = 1024 * 1024
+_QUEUE_CHUNKS = 8
+_EOF = object()
+_ABORT = object()
+
+
+class StorageError(RuntimeError):
+    """Object storage refused or failed an operation."""
+
+
+class AlreadyPublished(StorageError):
+    """The archive key already holds an object: another run of this export published it first."""
+
+
+class UploadAborted(IOError):
+    pass
+
+
+def make_client(settings: StorageSettings, *, create_only: bool = False):
+    """A boto3 S3 client. With `create_only`, object writes carry `If-None-Match: *`."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region_name,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+            retries={"mode": "standard", "max_attempts": 5},
+            # CRC32 request checksums by default have broken S3-compatible servers; send them only when needed.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+    if create_only:
+        def refuse_overwrite(params, **_):
+            params["IfNoneMatch"] = "*"
+
+        for operation in ("PutObject", "CompleteMultipartUpload"):
+            client.meta.events.register(f"provide-client-params.s3.{operation}", refuse_overwrite)
+    return client
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
+        max_concurrency=4, max_io_queue=8, use_threads=True,
+    )
+
+
+class _QueueReader(io.RawIOBase):
+    """The upload side of a stream: blocks until `size` bytes or the end, as s3transfer expects."""
+
+    def __init__(self, chunks: queue.Queue):
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._buffer) < size):
+            chunk = self._chunks.get()
+            if chunk is _ABORT:
+                raise UploadAborted("the writer failed; the upload is abandoned")
+            if chunk is _EOF:
+                self._done = True
+            else:
+                self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+class UploadStream(io.RawIOBase):
+    """A writable stream whose bytes become one object, counted and hashed on the way."""
+
+    def __init__(self, client, bucket: str, key: str, extra_args: dict):
+        self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._pending = bytearray()
+        self._error: BaseException | None = None
+        self.bytes_written = 0
+        self._sha256 = hashlib.sha256()
+        self._thread = threading.Thread(
+            target=self._upload, args=(client, bucket, key, extra_args), name=f"upload:{key}", daemon=True
+        )
+        self._thread.start()
+
+    def _upload(self, client, bucket, key, extra_args):
+        try:
+            client.upload_fileobj(
+                _QueueReader(self._chunks), bucket, key, ExtraArgs=extra_args, Config=_transfer_config()
+            )
+        except BaseException as exc:  # handed to the writer thread, which raises it
+            self._error = exc
+            _drain(self._chunks)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.bytes_written  # Parquet and ZIP writers ask where they are; they never seek
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._sha256.update(view)
+        self._pending += view
+        self.bytes_written += len(view)
+        if len(self._pending) >= _CHUNK_BYTES:
+            self._put(bytes(self._pending))
+            self._pending.clear()
+        return len(view)
+
+    def _put(self, item) -> None:
+        while True:
+            if self._error is not None:
+                raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+            try:
+                self._chunks.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Send the rest and wait until the object exists."""
+        if self._pending:
+            self._put(bytes(self._pending))
+            self._pending.clear()
+        self._put(_EOF)
+        self._thread.join()
+        if isinstance(self._error, Exception) and _is_precondition_failure(self._error):
+            raise AlreadyPublished("the object already exists") from self._error
+        if self._error is not None:
+            raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+
+    def abort(self) -> None:
+        """Abandon the upload: nothing becomes visible."""
+        try:
+            self._chunks.put(_ABORT, timeout=5)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=60)
+
+
+def _drain(chunks: queue.Queue) -> None:
+    try:
+        while True:
+            chunks.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _is_precondition_failure(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"PreconditionFailed", "412"} or status == 412
+
+
+def _brief(exc: BaseException) -> str:
+    """An error's gist without request details (URLs of presigned or signed requests stay out)."""
+    response = getattr(exc, "response", None)
+    if response:
+        error = response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    return type(exc).__name__ + (f": {exc}" if not getattr(exc, "request", None) else "")
+
+
+class ObjectStore:
+    """The pipeline's view of one S3-compatible service."""
+
+    def __init__(self, settings: StorageSettings):
+        self.settings = settings
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
+
+    @contextmanager
+    def upload(self, bucket: str, key: str, *, content_type: str = "application/octet-stream",
+               create_only: bool = False) -> Iterator[UploadStream]:
+        """Stream bytes into `bucket/key`; the object appears only if the block completes."""
+        client = make_client(self.settings, create_only=True) if create_only else self.client
+        stream = UploadStream(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"})
+        try:
+            yield stream
+        except BaseException:
+            stream.abort()
+            raise
+        stream.finish()
+
+    def open(self, bucket: str, key: str):
+        """A readable stream of an object's bytes."""
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"]
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str, create_only: bool = False):
+        client = make_client(self.settings, create_only=True) if create_only else self.client
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                              ServerSideEncryption="AES256")
+        except Exception as exc:
+            if _is_precondition_failure(exc):
+                raise AlreadyPublished(f"{key} already exists") from exc
+            raise
+
+    def read_bytes(self, bucket: str, key: str) -> bytes:
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def delete_prefix(self, bucket: str, prefix: str) -> int:
+        """Delete every object under `prefix`; returns how many."""
+        deleted = 0
+        batch: list[dict] = []
+        for key in self.keys(bucket, prefix):
+            batch.append({"Key": key})
+            if len(batch) == 1000:
+                deleted += self._delete(bucket, batch)
+                batch = []
+        if batch:
+            deleted += self._delete(bucket, batch)
+        return deleted
+
+    def _delete(self, bucket: str, objects: list[dict]) -> int:
+        self.client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        return len(objects)
+
+    def presigned_get(self, bucket: str, key: str, *, expires_in_seconds: int, filename: str) -> str:
+        """A bearer link to download one object. Never log or store the result."""
+        url = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": bucket, "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"'},
+            ExpiresIn=expires_in_seconds,
+        )
+        if not url:
+            raise StorageError(f"could not sign a link for export archive {filename}")
+        return url
+
+
+def key_token(key_secret: bytes, export_id: str) -> str:
+    """The unguessable part of an archive's key: only holders of the key secret can derive it."""
+    return hmac.new(key_secret, export_id.encode(), hashlib.sha256).hexdigest()[:32]
