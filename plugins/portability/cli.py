@@ -195,12 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from portability.export import ExportError
+    from portability.mapping import MappingError
     from portability.request import RequestError
+    from portability.storage import StorageError
+    from portability.validation import InvalidRecords
     from portability.verify import VerificationError
 
     try:
         return args.handler(args)
-    except (RequestError, ExportError, VerificationError, config.ConfigurationError) as exc:
+    except (RequestError, ExportError, VerificationError, InvalidRecords, MappingError, StorageError,
+            config.ConfigurationError) as exc:
         print(f"portability {args.command}: {exc}", file=sys.stderr)
         return 2
 

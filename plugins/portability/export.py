@@ -109,7 +109,6 @@ def _render(instant: datetime) -> str:
 
 def export_category(plan: dict, snapshot: dict, category: str) -> dict:
     """Validate every staged record of one category and write the requested formats."""
-    import pyarrow as pa
 
     from portability.records import build_record, iter_rows
     from portability.validation import InvalidRecords, RecordValidator
@@ -138,7 +137,7 @@ def export_category(plan: dict, snapshot: dict, category: str) -> dict:
             records = [build_record(columns, row) for row in rows]
             problems = [validator.problems(record) for record in records]
             valid = [not p for p in problems]
-            for offset, (record, found) in enumerate(zip(records, problems)):
+            for offset, (record, found) in enumerate(zip(records, problems, strict=True)):
                 if not found:
                     continue
                 if plan["on_invalid"] == "fail":
@@ -296,10 +295,10 @@ def mint_link(export_id: str, expires_in_hours: int = 72) -> Link:
     if not isinstance(expires_in_hours, int) or not 1 <= expires_in_hours <= MAX_LINK_HOURS:
         raise RequestError(f"expires_in_hours must be an integer from 1 to {MAX_LINK_HOURS}")
     store, summary = find_archive(export_id)
-    return _link(store, summary, expires_in_hours * 3600)
+    return presigned_link(store, summary, expires_in_hours * 3600)
 
 
-def _link(store: ObjectStore, summary: dict, seconds: int) -> Link:
+def presigned_link(store: ObjectStore, summary: dict, seconds: int) -> Link:
     filename = summary["key"].rsplit("/", 1)[1]
     url = store.presigned_get(summary["bucket"], summary["key"], expires_in_seconds=seconds, filename=filename)
     expires_at = (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0)
@@ -318,4 +317,4 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
         cleanup(current, snapshot)
     store = ObjectStore(config.storage_settings())
     seconds = link_seconds if link_seconds is not None else current["expires_in_hours"] * 3600
-    return summary, _link(store, summary, seconds)
+    return summary, presigned_link(store, summary, seconds)

@@ -88,7 +88,7 @@ def build_datapackage(plan: dict, snapshot: dict, results: list[dict], schemas: 
                 "format": "jsonl", "mediatype": MEDIA_TYPES["jsonl"], "encoding": "utf-8",
                 "bytes": errors["bytes"], "hash": f"sha256:{errors['sha256']}",
                 "schema": {"fields": [
-                    {"name": "errors", "type": "array", "description": "Why the record failed: path, keyword, message."},
+                    {"name": "errors", "type": "array", "description": "Why it failed: path, keyword, message."},
                     {"name": "record", "type": "object", "description": "The record as it is in the source."},
                 ]},
             })

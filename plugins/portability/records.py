@@ -41,7 +41,7 @@ class Record:
     bad_json: list[str]  # JSON columns whose source text does not parse
 
     def csv_row(self, columns: list[Column], values: list) -> list[str]:
-        return [_csv_cell(column, value) for column, value in zip(columns, values)]
+        return [_csv_cell(column, value) for column, value in zip(columns, values, strict=True)]
 
 
 def _csv_cell(column: Column, value) -> str:
@@ -61,14 +61,14 @@ def _csv_cell(column: Column, value) -> str:
 def iter_rows(batch) -> Iterator[list]:
     """The rows of an Arrow batch as lists of Python values, column by column conversion."""
     columns = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
-    return (list(row) for row in zip(*columns))
+    return (list(row) for row in zip(*columns, strict=True))
 
 
 def build_record(columns: list[Column], values: list) -> Record:
     document = {}
     parts = []
     bad_json = []
-    for column, value in zip(columns, values):
+    for column, value in zip(columns, values, strict=True):
         if value is None:
             document[column.name] = None
             encoded = "null"

@@ -329,6 +329,8 @@ def seed(conn, options: SeedOptions) -> list[str]:
         ids = _IdAllocator(conn)
         for n, account_id in enumerate(account_ids, start=1):
             _seed_account(conn, ids, _make_account(n, account_id, options), options)
+        # Fresh statistics, so exports planned right after seeding see the real table sizes.
+        conn.execute("ANALYZE contacts, list_members")
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -353,15 +355,16 @@ class _IdAllocator:
     """Hands out consecutive bigint ids per table, continuing after the largest existing id."""
 
     def __init__(self, conn) -> None:
-        self._next = {}
+        self._next: dict[str, int] = {}
         for table in _ID_TABLES:
             query = sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(sql.Identifier(table))
             self._next[table] = conn.execute(query).fetchone()[0] + 1
 
-    def take(self, table: str, count: int) -> list[int]:
+    def take(self, table: str, count: int) -> range:
+        # A range, not a list: ten million contact ids must not become Python ints.
         first = self._next[table]
         self._next[table] = first + count
-        return list(range(first, first + count))
+        return range(first, first + count)
 
 
 def _refuse_existing(conn, account_ids: list[str]) -> None:
@@ -370,9 +373,8 @@ def _refuse_existing(conn, account_ids: list[str]) -> None:
     ).fetchall()
     if rows:
         existing = ", ".join(r[0] for r in rows)
-        raise ValueError(
-            f"account {existing} already exists; use another --prefix or a fresh database"
-        )
+        noun, verb = ("account", "exists") if len(rows) == 1 else ("accounts", "exist")
+        raise ValueError(f"{noun} {existing} already {verb}; use another --prefix or a fresh database")
 
 
 def _make_account(n: int, account_id: str, options: SeedOptions) -> _Account:
@@ -513,7 +515,7 @@ def _insert_domains(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions
     return names
 
 
-def _insert_lists(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions) -> list[int]:
+def _insert_lists(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions) -> Sequence[int]:
     s = options.seed
     list_ids = ids.take("lists", options.lists)
     rows = [
@@ -533,7 +535,7 @@ def _insert_lists(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions) 
     return list_ids
 
 
-def _insert_templates(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions) -> list[int]:
+def _insert_templates(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions) -> Sequence[int]:
     s = options.seed
     template_ids = ids.take("templates", options.templates)
     templates, versions = [], []
@@ -605,7 +607,7 @@ def _text_body(h: int) -> str:
 
 
 def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
-                      list_ids: list[int], template_ids: list[int], domain_names: list[str]) -> None:
+                      list_ids: Sequence[int], template_ids: Sequence[int], domain_names: list[str]) -> None:
     s = options.seed
     rows = []
     for k, row_id in enumerate(ids.take("campaigns", options.campaigns)):
@@ -635,7 +637,7 @@ def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptio
 
 
 def _insert_suppressions(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
-                         contact_ids: list[int], domain_names: list[str]) -> None:
+                         contact_ids: Sequence[int], domain_names: list[str]) -> None:
     s = options.seed
     row_ids = ids.take("suppressions", options.suppressions)
     # Half the suppressed addresses belong to contacts, as they would in production.
@@ -823,7 +825,7 @@ def _wide_properties(seed_: int) -> dict:
     return wide
 
 
-def _insert_contacts_and_members(cur, contact_ids: list[int], list_ids: list[int], acct: _Account,
+def _insert_contacts_and_members(cur, contact_ids: Sequence[int], list_ids: Sequence[int], acct: _Account,
                                  options: SeedOptions) -> None:
     if not contact_ids:
         return

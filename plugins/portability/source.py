@@ -47,10 +47,11 @@ class SourceSnapshot:
             rows = cursor.fetchmany(batch_rows)
             positions = _column_positions(mapping, [d.name for d in cursor.description], columns)
             while rows:
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array([row[i] for row in rows], type=field.type) for i, field in zip(positions, schema)],
-                    schema=schema,
-                )
+                arrays = [
+                    pa.array([row[i] for row in rows], type=field.type)
+                    for i, field in zip(positions, schema, strict=True)
+                ]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
                 rows = cursor.fetchmany(batch_rows)
 
 

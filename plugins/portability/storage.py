@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from portability.config import StorageSettings
 
@@ -174,10 +174,8 @@ class UploadStream(io.RawIOBase):
 
     def abort(self) -> None:
         """Abandon the upload: nothing becomes visible."""
-        try:
+        with suppress(queue.Full):
             self._chunks.put(_ABORT, timeout=5)
-        except queue.Full:
-            pass
         self._thread.join(timeout=60)
 
 

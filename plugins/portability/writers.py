@@ -24,7 +24,7 @@ class CsvWriter:
 
     def write(self, batch, records: list[Record], rows: list[list], valid: list[bool]) -> None:
         self._csv.writerows(
-            record.csv_row(self._columns, row) for record, row, ok in zip(records, rows, valid) if ok
+            record.csv_row(self._columns, row) for record, row, ok in zip(records, rows, valid, strict=True) if ok
         )
 
     def close(self) -> None:
@@ -39,7 +39,7 @@ class JsonlWriter:
         self._out = io.BufferedWriter(sink, _BUFFER_BYTES)
 
     def write(self, batch, records: list[Record], rows: list[list], valid: list[bool]) -> None:
-        self._out.write("".join(r.json_line + "\n" for r, ok in zip(records, valid) if ok).encode("utf-8"))
+        self._out.write("".join(r.json_line + "\n" for r, ok in zip(records, valid, strict=True) if ok).encode("utf-8"))
 
     def close(self) -> None:
         self._out.flush()

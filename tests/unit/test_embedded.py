@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from portability import embedded
 from portability.embedded import StoreEndpoints
 

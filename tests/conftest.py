@@ -1,0 +1,129 @@
+"""Shared fixtures: real embedded stores for the session, seeded accounts, and Airflow runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PORTABILITY_SCHEMAS_DIR", str(REPO / "schemas"))
+
+# Accounts every end-to-end test can read; seeded once per session.
+GOOD_ACCOUNTS = ("e2e-00001", "e2e-00002", "e2e-00003")
+BAD_ACCOUNT = "bad-00001"
+BAD_CONTACT_EMAIL = "planted-invalid-address"
+
+
+@pytest.fixture(scope="session")
+def store_env(tmp_path_factory):
+    """Start a real PostgreSQL and SeaweedFS for this session and point this process at them."""
+    from portability import embedded, local
+
+    state = tmp_path_factory.mktemp("state")
+    endpoints = embedded.start(state / "stores")
+    env = local.airflow_env(endpoints.airflow_env(), state)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    embedded.stop(state / "stores")
+
+
+@pytest.fixture(scope="session")
+def source_dsn(store_env) -> str:
+    from portability import config
+
+    return config.source_settings().conninfo
+
+
+@pytest.fixture(scope="session")
+def seeded(source_dsn) -> dict:
+    """Three good accounts (both regions, colliding values across them) and one with a planted bad record."""
+    import psycopg
+
+    from portability.seed import SeedOptions, seed
+
+    with psycopg.connect(source_dsn) as conn:
+        good = seed(conn, SeedOptions(accounts=3, contacts=300, prefix="e2e"))
+        bad = seed(conn, SeedOptions(accounts=1, contacts=40, prefix="bad", large_html_bytes=0))
+        conn.execute(
+            "UPDATE contacts SET email = %s WHERE id = (SELECT min(id) FROM contacts WHERE account_id = %s)",
+            (BAD_CONTACT_EMAIL, BAD_ACCOUNT),
+        )
+        conn.commit()
+    assert tuple(good) == GOOD_ACCOUNTS and bad == [BAD_ACCOUNT]
+    return {"good": good, "bad": bad[0]}
+
+
+@pytest.fixture
+def db(source_dsn):
+    import psycopg
+
+    with psycopg.connect(source_dsn) as conn:
+        yield conn
+
+
+@pytest.fixture
+def store(store_env):
+    from portability import config
+    from portability.storage import ObjectStore
+
+    return ObjectStore(config.storage_settings())
+
+
+def portability_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `portability` command, as a user would."""
+    executable = Path(sys.executable).with_name("portability")
+    result = subprocess.run([str(executable), *args], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"portability {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def airflow_db(store_env):
+    """Airflow's metadata database in the embedded PostgreSQL, migrated once per session."""
+    from portability import local
+
+    result = local.airflow(["db", "migrate"], store_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return store_env
+
+
+_run_numbers = count()
+
+
+@pytest.fixture
+def run_dag(airflow_db):
+    """Run account_export through `airflow dags test`; returns (run_id, state, task states, output)."""
+    from portability import local
+
+    def run(conf: dict) -> dict:
+        logical_date = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=next(_run_numbers))
+        result = local.airflow(
+            ["dags", "test", "account_export", logical_date.isoformat(), "-c", json.dumps(conf)],
+            airflow_db, capture_output=True, text=True, timeout=900,
+        )
+        runs = local.airflow(["dags", "list-runs", "account_export", "--output", "json"], airflow_db,
+                             capture_output=True, text=True)
+        listed = json.loads(runs.stdout[runs.stdout.index("["):])
+        run = next(r for r in listed if datetime.fromisoformat(r["logical_date"]) == logical_date)
+        states = local.airflow(["tasks", "states-for-dag-run", "account_export", run["run_id"], "--output", "json"],
+                               airflow_db, capture_output=True, text=True)
+        tasks = {t["task_id"]: t["state"] for t in json.loads(states.stdout[states.stdout.index("["):])}
+        return {"run_id": run["run_id"], "state": run["state"], "tasks": tasks,
+                "output": result.stdout + result.stderr}
+
+    return run

@@ -1,0 +1,212 @@
+"""Tests for the synthetic source seeder (portability.seed).
+
+They need a PostgreSQL server: set PORTABILITY_TEST_PG_DSN (any database on it; the tests create
+and drop their own scratch databases there).  Without it they are skipped, except the option
+checks that need no server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+try:
+    from portability import seed as seeder
+except ImportError:  # not installed yet: import it from the Airflow plugins folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
+    from portability import seed as seeder
+
+DSN = os.environ.get("PORTABILITY_TEST_PG_DSN")
+needs_pg = pytest.mark.skipif(not DSN, reason="PORTABILITY_TEST_PG_DSN is not set")
+
+OPTIONS = seeder.SeedOptions(contacts=120, large_html_bytes=200_000)
+ACCOUNT_IDS = ["acct-00001", "acct-00002", "acct-00003"]
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+PRIMARY_KEYS = {
+    "accounts": "id", "users": "id", "api_keys": "id", "domains": "id", "lists": "id",
+    "contacts": "id", "list_members": "list_id, contact_id", "templates": "id",
+    "template_versions": "id", "campaigns": "id", "suppressions": "id", "webhooks": "id",
+}
+
+
+def _create_db(admin: psycopg.Connection, name: str) -> str:
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(DSN, dbname=name)
+
+
+def _dump(conn: psycopg.Connection) -> dict[str, list[str]]:
+    """Every row of every table as PostgreSQL's own text form, in primary-key order."""
+    dump = {}
+    for table, key in PRIMARY_KEYS.items():
+        query = sql.SQL("SELECT t::text FROM {} AS t ORDER BY {}").format(
+            sql.Identifier(table), sql.SQL(key)
+        )
+        dump[table] = [row[0] for row in conn.execute(query)]
+    return dump
+
+
+@pytest.fixture(scope="module")
+def seeded_pair() -> Iterator[dict]:
+    """Two fresh databases seeded with the same options; yields their DSNs and first dumps."""
+    stem = f"seedtest_{uuid.uuid4().hex[:12]}"
+    names = [f"{stem}_a", f"{stem}_b"]
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        try:
+            dsns = [_create_db(admin, name) for name in names]
+            dumps, returned = [], []
+            for dsn in dsns:
+                with psycopg.connect(dsn) as conn:
+                    returned.append(seeder.seed(conn, OPTIONS))
+                    dumps.append(_dump(conn))
+            yield {"dsn": dsns[0], "dumps": dumps, "returned": returned}
+        finally:
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(seeded_pair: dict) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(seeded_pair["dsn"]) as connection:
+        yield connection
+
+
+def test_options_reject_bad_prefix_and_counts():
+    with pytest.raises(ValueError, match="prefix"):
+        seeder.SeedOptions(prefix="bad prefix!")
+    with pytest.raises(ValueError, match="contacts"):
+        seeder.SeedOptions(contacts=-1)
+
+
+@needs_pg
+def test_same_options_give_identical_tables(seeded_pair):
+    first, second = seeded_pair["dumps"]
+    assert seeded_pair["returned"] == [ACCOUNT_IDS, ACCOUNT_IDS]
+    assert all(first[table] for table in PRIMARY_KEYS)
+    assert first == second
+
+
+@needs_pg
+def test_accounts_alternate_regions(conn):
+    rows = conn.execute(
+        "SELECT id, region, country, vat_number, closed_at FROM accounts ORDER BY id"
+    ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == list(zip(ACCOUNT_IDS, ["us", "eu", "us"], strict=True))
+    assert all(re.fullmatch(r"[A-Z]{2}", r[2]) and r[4] is None for r in rows)
+    assert all((r[3] is not None) == (r[1] == "eu") for r in rows)
+
+
+@needs_pg
+def test_every_account_has_all_suppression_kinds(conn):
+    rows = conn.execute("SELECT account_id, array_agg(DISTINCT kind ORDER BY kind) FROM suppressions"
+                        " GROUP BY account_id ORDER BY account_id").fetchall()
+    assert rows == [(a, ["allowlist", "bounce", "complaint", "unsubscribe"]) for a in ACCOUNT_IDS]
+    assert conn.execute("SELECT count(*) FROM suppressions WHERE domain IS NULL").fetchone()[0] > 0
+
+
+@needs_pg
+def test_marker_only_in_secret_columns(conn):
+    marker = seeder.PLANTED_SECRET_MARKER
+    columns = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        " AND data_type IN ('text', 'jsonb', 'ARRAY') ORDER BY table_name, column_name"
+    ).fetchall()
+    for table, column in columns:
+        query = sql.SQL(
+            "SELECT count(*), count({c}), count(*) FILTER (WHERE {c}::text LIKE %s),"
+            " count(DISTINCT {c}) FROM {t}"
+        ).format(c=sql.Identifier(column), t=sql.Identifier(table))
+        rows, non_null, marked, distinct = conn.execute(query, (f"%{marker}%",)).fetchone()
+        if column in seeder.SECRET_COLUMNS.get(table, ()):
+            assert rows > 0 and marked == non_null == distinct == rows, (table, column)
+        else:
+            assert marked == 0, (table, column)
+
+
+@needs_pg
+def test_contact_emails_collide_across_accounts_but_not_within(conn):
+    emails = {
+        account: [r[0] for r in conn.execute("SELECT email FROM contacts WHERE account_id = %s", (account,))]
+        for account in ACCOUNT_IDS
+    }
+    for account, values in emails.items():
+        assert len(values) == OPTIONS.contacts == len(set(values)), account
+    shared = set(emails["acct-00001"]) & set(emails["acct-00002"])
+    assert len(shared) >= OPTIONS.contacts // 2
+    list_names = conn.execute(
+        "SELECT count(DISTINCT name), count(*) FROM lists WHERE account_id = ANY(%s)", (ACCOUNT_IDS,)
+    ).fetchone()
+    assert list_names == (OPTIONS.lists, OPTIONS.lists * OPTIONS.accounts)
+
+
+@needs_pg
+def test_emails_are_well_formed(conn):
+    for table, column in [("contacts", "email"), ("users", "email"), ("accounts", "owner_email"),
+                          ("lists", "address"), ("suppressions", "address"), ("campaigns", "from_address")]:
+        query = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(column), sql.Identifier(table))
+        for (email,) in conn.execute(query):
+            assert EMAIL_RE.match(email) and len(email) <= 254, (table, email)
+
+
+@needs_pg
+def test_relationships_and_shapes(conn):
+    one = conn.execute
+    # Each contact is in 1-3 lists of its own account; unsubscribed_at is set iff unsubscribed.
+    assert one("SELECT min(n), max(n) FROM (SELECT count(*) AS n FROM contacts c JOIN list_members m"
+               " ON m.contact_id = c.id GROUP BY c.id) s").fetchone() == (1, 3)
+    assert one("SELECT count(*) FROM list_members m JOIN lists l ON l.id = m.list_id"
+               " JOIN contacts c ON c.id = m.contact_id"
+               " WHERE l.account_id <> m.account_id OR c.account_id <> m.account_id"
+               " OR (m.unsubscribed_at IS NULL) <> m.subscribed").fetchone() == (0,)
+    mix = one("SELECT bool_or(subscribed), bool_or(NOT subscribed) FROM list_members").fetchone()
+    assert mix == (True, True)
+    # Exactly one active version per template; the first account template carries the big HTML.
+    assert one("SELECT count(*) FROM templates t WHERE (SELECT count(*) FROM template_versions v"
+               " WHERE v.template_id = t.id AND v.active) <> 1").fetchone() == (0,)
+    sizes = one("SELECT DISTINCT ON (account_id) octet_length(html) FROM template_versions"
+                " ORDER BY account_id, id").fetchall()
+    assert len(sizes) == 3 and all(size >= OPTIONS.large_html_bytes for (size,) in sizes)
+    # Campaigns point at their own account's lists and templates.
+    assert one("SELECT count(*) FROM campaigns c LEFT JOIN lists l ON l.id = c.list_id"
+               " LEFT JOIN templates t ON t.id = c.template_id"
+               " WHERE l.account_id <> c.account_id OR t.account_id <> c.account_id").fetchone() == (0,)
+    # Custom properties: some empty, some wide (50+ keys), some nested.
+    empty, wide, nested = one(
+        "SELECT count(*) FILTER (WHERE properties = '{}'), "
+        " count(*) FILTER (WHERE (SELECT count(*) FROM jsonb_object_keys(properties)) >= 50),"
+        " count(*) FILTER (WHERE jsonb_typeof(properties -> 'address' -> 'géo') = 'object') FROM contacts"
+    ).fetchone()
+    assert empty > 0 and wide > 0 and nested > 0
+
+
+@needs_pg
+def test_existing_account_is_refused_before_any_insert(conn):
+    before = conn.execute("SELECT count(*) FROM contacts").fetchone()
+    with pytest.raises(ValueError, match=r"acct-00001.*--prefix.*fresh database"):
+        seeder.seed(conn, seeder.SeedOptions(accounts=2, contacts=5))
+    assert conn.execute("SELECT count(*) FROM contacts").fetchone() == before
+
+
+@needs_pg
+def test_another_prefix_and_seed_add_new_ids_and_data(conn):
+    options = seeder.SeedOptions(accounts=1, contacts=30, prefix="other", seed=7)
+    assert seeder.seed(conn, options) == ["other-00001"]
+    new, old = (
+        {r[0] for r in conn.execute("SELECT email FROM contacts WHERE account_id = %s", (account,))}
+        for account in ("other-00001", "acct-00001")
+    )
+    assert len(new) == 30 and not new <= old
+    min_new, max_old = conn.execute(
+        "SELECT min(id) FILTER (WHERE account_id = 'other-00001'),"
+        " max(id) FILTER (WHERE account_id <> 'other-00001') FROM contacts"
+    ).fetchone()
+    assert min_new == max_old + 1
