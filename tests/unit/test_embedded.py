@@ -42,11 +42,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _pids(state_dir: Path) -> tuple[int, int]:
-    """(postmaster pid, weed pid) as recorded on disk."""
+def _pids(state_dir: Path) -> list[int]:
+    """The postmaster's pid and those of the SeaweedFS processes, as recorded on disk."""
     postmaster = int((state_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-    weed = json.loads((state_dir / "stores.json").read_text())["seaweedfs"]["pid"]
-    return postmaster, weed
+    weeds = json.loads((state_dir / "stores.json").read_text())["seaweedfs"]["pids"]
+    assert set(weeds) == {"master", "volume", "filer"}
+    return [postmaster, *weeds.values()]
 
 
 def _client(endpoints: StoreEndpoints, secret: str | None = None):
@@ -147,10 +148,10 @@ def test_start_again_reuses_running_servers(state_dir: Path, endpoints: StoreEnd
 
 
 def test_stop_is_clean_and_restart_keeps_data(state_dir: Path, endpoints: StoreEndpoints) -> None:
-    postmaster, weed = _pids(state_dir)
+    pids = _pids(state_dir)
+    assert all(_alive(pid) for pid in pids)
     embedded.stop(state_dir)
-    assert not _alive(postmaster)
-    assert not _alive(weed)
+    assert not any(_alive(pid) for pid in pids)
     assert embedded.status(state_dir) is None
     embedded.stop(state_dir)  # idempotent
 

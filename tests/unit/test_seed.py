@@ -1,32 +1,21 @@
 """Tests for the synthetic source seeder (portability.seed).
 
-They need a PostgreSQL server: set PORTABILITY_TEST_PG_DSN (any database on it; the tests create
-and drop their own scratch databases there).  Without it they are skipped, except the option
-checks that need no server.
+They run against the session's embedded PostgreSQL and create and drop their own scratch
+databases there.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-try:
-    from portability import seed as seeder
-except ImportError:  # not installed yet: import it from the Airflow plugins folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
-    from portability import seed as seeder
-
-DSN = os.environ.get("PORTABILITY_TEST_PG_DSN")
-needs_pg = pytest.mark.skipif(not DSN, reason="PORTABILITY_TEST_PG_DSN is not set")
+from portability import seed as seeder
 
 OPTIONS = seeder.SeedOptions(contacts=120, large_html_bytes=200_000)
 ACCOUNT_IDS = ["acct-00001", "acct-00002", "acct-00003"]
@@ -39,9 +28,9 @@ PRIMARY_KEYS = {
 }
 
 
-def _create_db(admin: psycopg.Connection, name: str) -> str:
+def _create_db(admin: psycopg.Connection, dsn: str, name: str) -> str:
     admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return make_conninfo(DSN, dbname=name)
+    return make_conninfo(dsn, dbname=name)
 
 
 def _dump(conn: psycopg.Connection) -> dict[str, list[str]]:
@@ -56,13 +45,13 @@ def _dump(conn: psycopg.Connection) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def seeded_pair() -> Iterator[dict]:
+def seeded_pair(source_dsn) -> Iterator[dict]:
     """Two fresh databases seeded with the same options; yields their DSNs and first dumps."""
     stem = f"seedtest_{uuid.uuid4().hex[:12]}"
     names = [f"{stem}_a", f"{stem}_b"]
-    with psycopg.connect(DSN, autocommit=True) as admin:
+    with psycopg.connect(source_dsn, autocommit=True) as admin:
         try:
-            dsns = [_create_db(admin, name) for name in names]
+            dsns = [_create_db(admin, source_dsn, name) for name in names]
             dumps, returned = [], []
             for dsn in dsns:
                 with psycopg.connect(dsn) as conn:
@@ -87,7 +76,6 @@ def test_options_reject_bad_prefix_and_counts():
         seeder.SeedOptions(contacts=-1)
 
 
-@needs_pg
 def test_same_options_give_identical_tables(seeded_pair):
     first, second = seeded_pair["dumps"]
     assert seeded_pair["returned"] == [ACCOUNT_IDS, ACCOUNT_IDS]
@@ -95,7 +83,6 @@ def test_same_options_give_identical_tables(seeded_pair):
     assert first == second
 
 
-@needs_pg
 def test_accounts_alternate_regions(conn):
     rows = conn.execute(
         "SELECT id, region, country, vat_number, closed_at FROM accounts ORDER BY id"
@@ -105,7 +92,6 @@ def test_accounts_alternate_regions(conn):
     assert all((r[3] is not None) == (r[1] == "eu") for r in rows)
 
 
-@needs_pg
 def test_every_account_has_all_suppression_kinds(conn):
     rows = conn.execute("SELECT account_id, array_agg(DISTINCT kind ORDER BY kind) FROM suppressions"
                         " GROUP BY account_id ORDER BY account_id").fetchall()
@@ -113,7 +99,6 @@ def test_every_account_has_all_suppression_kinds(conn):
     assert conn.execute("SELECT count(*) FROM suppressions WHERE domain IS NULL").fetchone()[0] > 0
 
 
-@needs_pg
 def test_marker_only_in_secret_columns(conn):
     marker = seeder.PLANTED_SECRET_MARKER
     columns = conn.execute(
@@ -132,7 +117,6 @@ def test_marker_only_in_secret_columns(conn):
             assert marked == 0, (table, column)
 
 
-@needs_pg
 def test_contact_emails_collide_across_accounts_but_not_within(conn):
     emails = {
         account: [r[0] for r in conn.execute("SELECT email FROM contacts WHERE account_id = %s", (account,))]
@@ -148,7 +132,6 @@ def test_contact_emails_collide_across_accounts_but_not_within(conn):
     assert list_names == (OPTIONS.lists, OPTIONS.lists * OPTIONS.accounts)
 
 
-@needs_pg
 def test_emails_are_well_formed(conn):
     for table, column in [("contacts", "email"), ("users", "email"), ("accounts", "owner_email"),
                           ("lists", "address"), ("suppressions", "address"), ("campaigns", "from_address")]:
@@ -157,7 +140,6 @@ def test_emails_are_well_formed(conn):
             assert EMAIL_RE.match(email) and len(email) <= 254, (table, email)
 
 
-@needs_pg
 def test_relationships_and_shapes(conn):
     one = conn.execute
     # Each contact is in 1-3 lists of its own account; unsubscribed_at is set iff unsubscribed.
@@ -188,7 +170,6 @@ def test_relationships_and_shapes(conn):
     assert empty > 0 and wide > 0 and nested > 0
 
 
-@needs_pg
 def test_existing_account_is_refused_before_any_insert(conn):
     before = conn.execute("SELECT count(*) FROM contacts").fetchone()
     with pytest.raises(ValueError, match=r"acct-00001.*--prefix.*fresh database"):
@@ -196,7 +177,6 @@ def test_existing_account_is_refused_before_any_insert(conn):
     assert conn.execute("SELECT count(*) FROM contacts").fetchone() == before
 
 
-@needs_pg
 def test_another_prefix_and_seed_add_new_ids_and_data(conn):
     options = seeder.SeedOptions(accounts=1, contacts=30, prefix="other", seed=7)
     assert seeder.seed(conn, options) == ["other-00001"]
