@@ -116,7 +116,7 @@ def check_round_trip(root: Path, account_id: str, conn, formats: list[str]) -> N
         row[0]: row for row in conn.execute(
             "SELECT id, subject, html, text_body FROM template_versions WHERE account_id = %s", (account_id,))
     }
-    assert max(len(v[2] or "") for v in versions.values()) >= 1_000_000, "seed lost its megabyte HTML"
+    assert max(len((v[2] or "").encode()) for v in versions.values()) >= 1_000_000, "seed lost its megabyte HTML"
 
     if "jsonl" in formats:
         for record in jsonl(root / "data/contacts.jsonl"):

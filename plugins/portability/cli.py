@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    # Importing Airflow sends logging to stdout; stdout is for the command's output (a link, JSON).
+    import airflow.sdk  # noqa: F401
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from portability.export import ExportError
     from portability.mapping import MappingError

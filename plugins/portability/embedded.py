@@ -56,6 +56,7 @@ BUCKETS = {"us": "exports-us", "eu": "exports-eu"}
 WEED_DEFAULT_PORTS = {"master": 39333, "volume": 38080, "filer": 38888, "s3": 38333}
 WEED_GRPC_OFFSET = 10000  # weed derives each gRPC port as http port + 10000
 S3_READY_TIMEOUT = 60.0
+_WEED_START_ATTEMPTS = 3
 # Started in this order, stopped in reverse; each data-directory flag also identifies our processes.
 _WEED_COMPONENTS = ("master", "volume", "filer")
 _WEED_DIRS = {
@@ -150,13 +151,8 @@ def start(state_dir: Path) -> StoreEndpoints:
         _save_state(state_dir, state)
         _ensure_databases(pg_port)
 
-        launched = _start_seaweedfs(state_dir, state, taken={pg_port})
-        _save_state(state_dir, state)
+        _run_seaweedfs(state_dir, state, taken={pg_port})
         endpoints = _endpoints(state)
-        if launched:
-            _wait_for_s3(state_dir, state, endpoints)
-        else:
-            _ensure_buckets(_s3_client(endpoints))
     log.info("embedded stores ready in %.1f s under %s", time.monotonic() - began, state_dir)
     return endpoints
 
@@ -248,17 +244,15 @@ def _port_answers(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _usable(port: int | None, taken: set[int], grpc: bool) -> bool:
-    ports = [port, port + WEED_GRPC_OFFSET] if grpc and port else [port]
-    return all(p and p not in taken and p < 65536 and _port_free(p) for p in ports)
+def _usable(port: int, taken: set[int], grpc: bool) -> bool:
+    ports = [port, port + WEED_GRPC_OFFSET] if grpc else [port]
+    return all(p not in taken and p < 65536 and _port_free(p) for p in ports)
 
 
 def _pick_port(preferred: int | None, default: int, taken: set[int], *, grpc: bool = False) -> int:
     """The persisted port if still usable, else the fixed default, else a random free one."""
-    for candidate in (preferred, default):
-        if _usable(candidate, taken, grpc):
-            return candidate  # type: ignore[return-value]
-    for candidate in random.sample(_RANDOM_PORTS, 300):
+    candidates = [preferred] if preferred else []
+    for candidate in [*candidates, default, *random.sample(_RANDOM_PORTS, 300)]:
         if _usable(candidate, taken, grpc):
             return candidate
     raise RuntimeError("no free TCP port found on 127.0.0.1 for the embedded stores")
@@ -366,11 +360,17 @@ def _postmaster(pgdata: Path) -> tuple[int, int] | None:
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid, port = int(lines[0]), int(lines[3])
-        proc = psutil.Process(pid)
-        alive = proc.name() == "postgres" and proc.status() != psutil.STATUS_ZOMBIE
-    except (OSError, IndexError, ValueError, psutil.Error):
+    except (OSError, IndexError, ValueError):
         return None
-    return (pid, port) if alive else None
+    return (pid, port) if _is_live_postgres(pid) else None
+
+
+def _is_live_postgres(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.name() == "postgres" and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _postgres_port(pgdata: Path) -> int | None:
@@ -379,23 +379,47 @@ def _postgres_port(pgdata: Path) -> int | None:
     return found[1] if found and _port_answers(found[1]) else None
 
 
+def _await_running_postgres(pgdata: Path, pid: int, port: int) -> int:
+    """Port of a live postmaster once it answers; never start a second one on the same PGDATA."""
+    deadline = time.monotonic() + PG_START_TIMEOUT
+    while not _port_answers(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PostgreSQL (pid {pid}) runs from {pgdata} but does not answer on {port}")
+        time.sleep(0.25)
+    return port
+
+
+def _pg_clear_stale_locks(pgdata: Path, socket_dir: Path, port: int) -> None:
+    """Remove the lock files of a server known to be dead (kill -9, reboot).
+
+    PostgreSQL would reuse them if the recorded pid is free, but that pid may by now belong to another
+    process, or be an unreaped zombie (containers whose init does not reap), which it takes for a live
+    server. The caller has checked, with psutil, that no postmaster runs from ``pgdata``.
+    """
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    socket_file = socket_dir / f".s.PGSQL.{port}"
+    lock = socket_file.with_name(socket_file.name + ".lock")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if not _is_live_postgres(int(lock.read_text().split()[0])):
+            lock.unlink()
+            socket_file.unlink(missing_ok=True)
+
+
 def _start_postgres(state_dir: Path, state: dict[str, Any]) -> int:
     """Initialise and start PostgreSQL unless running; return its port."""
     pgdata = state_dir / "postgres"
-    running = _postgres_port(pgdata)
+    running = _postmaster(pgdata)
     if running is not None:
-        return running
+        return _await_running_postgres(pgdata, *running)
     run_as = _pg_run_as()
     pgdata.mkdir(mode=0o700, exist_ok=True)
     _pg_prepare_permissions(pgdata, run_as)
     _pg_initdb(pgdata, run_as)
     _pg_write_settings(pgdata, run_as)
-    # A postmaster.pid left by a killed server: its pid may now belong to another (root) process, which
-    # the postmaster, running unprivileged, would mistake for a live server.
-    (pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     port = _pick_port(state.get("postgres", {}).get("port"), PG_DEFAULT_PORT, taken={5432})
     socket_dir = _pg_socket_dir(state_dir, pgdata, port, run_as)
+    _pg_clear_stale_locks(pgdata, socket_dir, port)
     logfile = pgdata / "postgres.log"
     options = f"-h {HOST} -p {port} -k {socket_dir}"
     log.info("starting PostgreSQL on %s:%d (log %s)", HOST, port, logfile)
@@ -587,6 +611,29 @@ def _launch_weed(component: str, sw_dir: Path, ports: dict[str, int], env: dict[
     return proc.pid
 
 
+class _ExitedDuringStartup(RuntimeError):
+    """A SeaweedFS process died while starting, typically because another instance took a port."""
+
+
+def _run_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) -> None:
+    """Ensure SeaweedFS runs and serves S3, retrying with fresh ports if one was taken meanwhile.
+
+    Ports are checked free seconds before the filer binds them, and a concurrent start from another
+    state dir (two test sessions, say) can pick the same ones in that window.
+    """
+    for attempt in range(1, _WEED_START_ATTEMPTS + 1):
+        try:
+            if _start_seaweedfs(state_dir, state, taken):
+                _wait_for_s3(state_dir, state, _endpoints(state))
+            else:
+                _ensure_buckets(_s3_client(_endpoints(state)))
+            return
+        except _ExitedDuringStartup:
+            if attempt == _WEED_START_ATTEMPTS:
+                raise
+            log.warning("SeaweedFS exited during start-up (attempt %d); retrying", attempt)
+
+
 def _start_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) -> bool:
     """Launch master, volume and filer+S3 unless all run; return True when processes were launched.
 
@@ -621,8 +668,10 @@ def _start_seaweedfs(state_dir: Path, state: dict[str, Any], taken: set[int]) ->
 
 
 def _master_leads(port: int) -> bool:
+    # No proxies: an http_proxy from the environment would otherwise be asked for 127.0.0.1 too.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/cluster/status", timeout=2) as response:
+        with opener.open(f"http://{HOST}:{port}/cluster/status", timeout=2) as response:
             return bool(json.load(response).get("IsLeader"))
     except (OSError, ValueError):
         return False
@@ -636,7 +685,7 @@ def _wait_for(
     while time.monotonic() < deadline:
         if not all(_weed_process(c, state_dir, state) for c in state["seaweedfs"]["pids"]):
             _stop_seaweedfs(state_dir, state)
-            raise RuntimeError(f"SeaweedFS exited during start-up; see {logfile}")
+            raise _ExitedDuringStartup(f"SeaweedFS exited during start-up; see {logfile}")
         if check():
             return
         time.sleep(0.25)
@@ -704,6 +753,7 @@ def _stop_seaweedfs(state_dir: Path, state: dict[str, Any]) -> None:
         proc = _weed_process(component, state_dir, state)
         if proc is not None:
             _terminate(component, proc)
+    _remove_stale_sockets(state.get("seaweedfs", {}).get("ports", {}))  # weed leaves its S3 ones behind
 
 
 def _terminate(component: str, proc: psutil.Process) -> None:
@@ -711,10 +761,25 @@ def _terminate(component: str, proc: psutil.Process) -> None:
     log.info("stopping SeaweedFS %s (pid %d)", component, proc.pid)
     timeout = _WEED_STOP_TIMEOUTS[component]
     proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except psutil.TimeoutExpired:
+    if not _exited(proc, timeout):
         log.warning("SeaweedFS %s did not exit within %.0f s of SIGTERM; killing it", component, timeout)
         proc.kill()
-        proc.wait(timeout=5)
+        _exited(proc, 5)
     _reap(proc.pid)
+
+
+def _exited(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until ``proc`` has exited, counting a zombie as exited.
+
+    psutil's wait() waits for a non-child to be reaped, which an init that reaps slowly (or never,
+    as in containers without one) delays by seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False

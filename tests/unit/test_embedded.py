@@ -94,6 +94,16 @@ def test_endpoint_helpers() -> None:
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@127.0.0.1:54329/airflow")
 
 
+def test_unused_state_dir_has_no_stores(tmp_path: Path) -> None:
+    assert embedded.status(tmp_path) is None
+    embedded.stop(tmp_path / "missing")  # nothing to stop is not an error
+
+
+def test_ports_avoid_common_defaults(state_dir: Path, endpoints: StoreEndpoints) -> None:
+    ports = json.loads((state_dir / "stores.json").read_text())["seaweedfs"]["ports"]
+    assert not {8080, 8333, 8888, 9333, 5432} & {*ports.values(), endpoints.pg_port}
+
+
 def test_postgres_is_reachable_and_not_on_5432(endpoints: StoreEndpoints) -> None:
     import psycopg
 
