@@ -116,13 +116,10 @@ def run_dag(airflow_db):
             ["dags", "test", "account_export", logical_date.isoformat(), "-c", json.dumps(conf)],
             airflow_db, capture_output=True, text=True, timeout=900,
         )
-        runs = local.airflow(["dags", "list-runs", "account_export", "--output", "json"], airflow_db,
-                             capture_output=True, text=True)
-        listed = json.loads(runs.stdout[runs.stdout.index("["):])
+        listed = local.airflow_json(["dags", "list-runs", "account_export"], airflow_db)
         run = next(r for r in listed if datetime.fromisoformat(r["logical_date"]) == logical_date)
-        states = local.airflow(["tasks", "states-for-dag-run", "account_export", run["run_id"], "--output", "json"],
-                               airflow_db, capture_output=True, text=True)
-        tasks = {t["task_id"]: t["state"] for t in json.loads(states.stdout[states.stdout.index("["):])}
+        states = local.airflow_json(["tasks", "states-for-dag-run", "account_export", run["run_id"]], airflow_db)
+        tasks = {t["task_id"]: t["state"] for t in states}
         return {"run_id": run["run_id"], "state": run["state"], "tasks": tasks,
                 "output": result.stdout + result.stderr}
 

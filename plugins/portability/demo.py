@@ -102,9 +102,8 @@ def _airflow(args: list[str], env: dict, log_path) -> None:
 
 
 def _find_run(env: dict, logical_date: datetime, log_path) -> tuple[str, str]:
-    result = local.airflow(["dags", "list-runs", DAG_ID, "--output", "json"], env, capture_output=True, text=True)
-    log_path.write_text(result.stdout + result.stderr)
-    runs = json.loads(result.stdout[result.stdout.index("["):]) if "[" in result.stdout else []
+    runs = local.airflow_json(["dags", "list-runs", DAG_ID], env)
+    log_path.write_text(json.dumps(runs, indent=2))
     for run in runs:
         when = run.get("logical_date")
         if when and datetime.fromisoformat(when) == logical_date:

@@ -51,3 +51,14 @@ def airflow(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Comple
     """Run the `airflow` command of this virtualenv with the local environment."""
     executable = Path(sys.executable).with_name("airflow")
     return subprocess.run([str(executable), *args], env={**os.environ, **env}, check=False, **kwargs)
+
+
+def airflow_json(args: list[str], env: dict[str, str]) -> list[dict]:
+    """Run an `airflow … --output json` listing; Airflow may print warnings before the JSON line."""
+    import json
+
+    result = airflow([*args, "--output", "json"], env, capture_output=True, text=True)
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith("["):
+            return json.loads(line)
+    raise RuntimeError(f"airflow {' '.join(args)} printed no JSON (exit {result.returncode}): {result.stderr[-500:]}")
