@@ -103,6 +103,7 @@ def airflow_db(store_env):
 
 
 _run_numbers = count()
+_session_start = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def run_dag(airflow_db):
     from portability import local
 
     def run(conf: dict) -> dict:
-        logical_date = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=next(_run_numbers))
+        # After the DAG's start_date, or Airflow creates the run without any task instance.
+        logical_date = _session_start - timedelta(hours=1) + timedelta(minutes=next(_run_numbers))
         result = local.airflow(
             ["dags", "test", "account_export", logical_date.isoformat(), "-c", json.dumps(conf)],
             airflow_db, capture_output=True, text=True, timeout=900,
