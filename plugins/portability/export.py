@@ -12,14 +12,17 @@ import json
 import logging
 import re
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from portability import config
 from portability.mapping import load_mapping
+from portability.records import build_record, iter_rows, render_timestamp
 from portability.request import RequestError, parse_request
 from portability.schemas import SchemaSet, arrow_schema
 from portability.storage import AlreadyPublished, ObjectStore, StorageError, key_token
+from portability.validation import InvalidRecords, RecordValidator
+from portability.writers import MEDIA_TYPES, WRITERS, ErrorsWriter
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +105,11 @@ def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:
 
 
 def _render(instant: datetime) -> str:
-    from portability.records import render_timestamp
-
     return render_timestamp(instant.astimezone(UTC))
 
 
 def export_category(plan: dict, snapshot: dict, category: str) -> dict:
     """Validate every staged record of one category and write the requested formats."""
-
-    from portability.records import build_record, iter_rows
-    from portability.validation import InvalidRecords, RecordValidator
-    from portability.writers import MEDIA_TYPES, WRITERS, ErrorsWriter
-
     schemas = SchemaSet()
     store = ObjectStore(config.storage_settings())
     bucket, export_id = snapshot["bucket"], plan["export_id"]
@@ -271,10 +267,10 @@ def cleanup(plan: dict, snapshot: dict | None) -> int:
 
 @dataclass(frozen=True)
 class Link:
-    url: str = ""  # a bearer credential: print it to the requester, never log it
-    expires_at: str = ""
-    bucket: str = ""
-    key: str = ""
+    url: str = field(repr=False)  # a bearer credential: print it to the requester, never log it
+    expires_at: str
+    bucket: str
+    key: str
 
 
 def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
