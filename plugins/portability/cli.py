@@ -14,6 +14,7 @@ PORTABILITY_BUCKETS). With none set, the embedded stores under .state/ are used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -47,10 +48,7 @@ def cmd_seed(args) -> int:
     from portability.seed import SeedOptions, seed
 
     _use_embedded_defaults()
-    options = SeedOptions(
-        accounts=args.accounts, contacts=args.contacts, prefix=args.prefix, seed=args.seed,
-        large_html_bytes=args.large_html_bytes,
-    )
+    options = SeedOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SeedOptions)})
     with psycopg.connect(config.source_settings().conninfo) as conn:
         accounts = seed(conn, options)
     print(json.dumps({"accounts": accounts}) if args.json else "\n".join(accounts))
@@ -144,6 +142,18 @@ def cmd_demo(args) -> int:
     return demo.run(account=args.account)
 
 
+def _add_seed_options(parser: argparse.ArgumentParser) -> None:
+    """One option per field of SeedOptions, with its default: sizes are per account."""
+    from portability.seed import SeedOptions
+
+    helps = {"accounts": "accounts to create", "prefix": "account ids are PREFIX-00001, ...",
+             "seed": "another number gives other (still deterministic) data",
+             "large_html_bytes": "size of the largest template HTML of each account"}
+    for f in dataclasses.fields(SeedOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=helps.get(f.name, f"{f.name.replace('_', ' ')} per account"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portability", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,11 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seed = sub.add_parser("seed", help="create synthetic accounts in the source database")
-    seed.add_argument("--accounts", type=int, default=3)
-    seed.add_argument("--contacts", type=int, default=200, help="contacts per account")
-    seed.add_argument("--prefix", default="acct", help="account ids are PREFIX-00001, ...")
-    seed.add_argument("--seed", type=int, default=0, help="another number gives other (still deterministic) data")
-    seed.add_argument("--large-html-bytes", type=int, default=1_048_576)
+    _add_seed_options(seed)
     seed.add_argument("--json", action="store_true")
     seed.set_defaults(handler=cmd_seed)
 
