@@ -116,7 +116,7 @@ def cmd_stores(args) -> int:
     state = local.state_dir()
     if args.action == "start":
         env = local.start_stores(state)
-        print(f"embedded stores running under {state}")
+        print(f"embedded stores running under {state}", file=sys.stderr)  # stdout is for `eval`
         if args.env:
             for key, value in env.items():
                 print(f"export {key}={_shell_quote(value)}")
