@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -10,13 +9,7 @@ from datetime import datetime
 from portability.mapping import CategoryQuery, MappingError
 from portability.schemas import Column, arrow_schema
 
-log = logging.getLogger(__name__)
-
 BATCH_ROWS = 10_000
-
-
-class AccountNotFound(LookupError):
-    pass
 
 
 class SourceSnapshot:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import logging
 import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from portability.config import StorageSettings
-
-log = logging.getLogger(__name__)
 
 PART_BYTES = 8 * 1024 * 1024
 _CHUNK_BYTES = 1024 * 1024
@@ -233,15 +230,9 @@ class ObjectStore:
         """A readable stream of an object's bytes."""
         return self.client.get_object(Bucket=bucket, Key=key)["Body"]
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str, create_only: bool = False):
-        client = make_client(self.settings, create_only=True) if create_only else self.client
-        try:
-            client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                              ServerSideEncryption="AES256")
-        except Exception as exc:
-            if _is_precondition_failure(exc):
-                raise AlreadyPublished(f"{key} already exists") from exc
-            raise
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                               ServerSideEncryption="AES256")
 
     def read_bytes(self, bucket: str, key: str) -> bytes:
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
