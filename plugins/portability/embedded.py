@@ -525,6 +525,13 @@ def _weed_process(component: str, state_dir: Path, state: dict[str, Any]) -> psu
     pid = state.get("seaweedfs", {}).get("pids", {}).get(component)
     if pid is None:
         return None
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is None:
+        # Launched by this process: until its exec completes it is still named python, so trust poll().
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            pass
     try:
         proc = psutil.Process(pid)
         ours = proc.name() == "weed" and _weed_dir_flag(component, state_dir / "seaweedfs") in proc.cmdline()
