@@ -3,7 +3,9 @@
 Triggered from the UI form, the REST API or other DAGs; the Params are the request schema
 (schemas/export_request.schema.json). Each task calls one step of `portability.export` and
 passes small dicts (ids, counts, checksums); the data moves through a staging prefix in the
-region's bucket, so a retried task gives the same bytes. The `package` task's return value is
+region's bucket, so a retried task gives the same bytes. A big category is split into shards
+(dynamic task mapping over runs of key-ordered pieces) that any number of workers share; the
+archive is byte-for-byte the same however it was sharded. The `package` task's return value is
 the run's summary: export id, archive key, counts and sha256 (never the link).
 """
 
@@ -48,17 +50,30 @@ def snapshot(plan: dict) -> dict:
 
 
 @task
-def validate_and_write(plan: dict, snap: dict, category: str) -> dict | None:
-    """Validate every record of one category and write the requested formats."""
+def shards_of(plan: dict, snap: dict, category: str) -> list[dict | None]:
+    """Split a category into shards of about `shard_rows` rows, one mapped task each."""
+    from portability import export
+
+    # A category that was not requested still gets one (empty) task, so nothing downstream is skipped.
+    return export.shards(plan, snap, category) or [None]
+
+
+@task(map_index_template="{{ shard_label }}")
+def validate_and_write(plan: dict, snap: dict, shard: dict | None) -> dict | None:
+    """Validate every record of one shard and write its pieces of the requested formats."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability import export
     from portability.validation import InvalidRecords
 
-    if category not in plan["categories"]:
-        return None  # not requested in this run
+    if shard is None:
+        get_current_context()["shard_label"] = "not requested"
+        return None
+    get_current_context()["shard_label"] = (
+        f"{shard['category']} pieces {shard['first_piece'] + 1}-{shard['stop_piece']} of {shard['of_pieces']}"
+    )
     try:
-        return export.export_category(plan, snap, category)
+        return export.export_shard(plan, snap, shard)
     except InvalidRecords as exc:
         raise AirflowFailException(str(exc)) from None  # on_invalid=fail: the data will not change on retry
 
@@ -68,7 +83,8 @@ def package(plan: dict, snap: dict, results: list) -> dict:
     """Zip the bag into the region's bucket; it becomes visible only when complete."""
     from portability import export
 
-    summary = export.package(plan, snap, [r for r in results if r])
+    # One list per category of its shards' results; None for categories not requested.
+    summary = export.package(plan, snap, [r for shard_results in results for r in shard_results if r])
     print(f"export {summary['export_id']}: {summary['bytes']} bytes, sha256 {summary['sha256']}, key {summary['key']}")
     return summary
 
@@ -102,7 +118,8 @@ def account_export():
     written = []
     for category in SCHEMAS.categories:
         with TaskGroup(group_id=category, tooltip=f"Validate and write {category}"):
-            written.append(validate_and_write(plan, snap, category))
+            shards = shards_of(plan, snap, category)
+            written.append(validate_and_write.partial(plan=plan, snap=snap).expand(shard=shards))
     # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
     package(plan, snap, written) >> cleanup(plan).as_teardown()
 

@@ -132,3 +132,22 @@ def mapping_path() -> Path:
 def organization_name() -> str:
     """Who exports the data, as bag-info.txt names it."""
     return os.environ.get("PORTABILITY_ORGANIZATION", "Example ESP")
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigurationError(f"{name} must be a positive whole number of rows, not {value!r}")
+    return int(value)
+
+
+def piece_rows() -> int:
+    """Rows per piece: the unit of staging and of compression. Changing it changes the archive's bytes."""
+    return _positive_int("PORTABILITY_PIECE_ROWS", 250_000)
+
+
+def shard_rows() -> int:
+    """Rows per shard: one mapped task each. Only spreads the work; the archive is the same for any value."""
+    return _positive_int("PORTABILITY_SHARD_ROWS", 2_000_000)

@@ -1,9 +1,13 @@
 """The steps of one export, shared by the account_export DAG (one task each) and the command.
 
-plan -> snapshot -> one export_category per category -> package -> cleanup
+plan -> snapshot -> export_shard (one per shard of each category) -> package -> cleanup
 
 Steps pass small dicts (ids, counts, checksums), never data: data moves through a staging
 prefix in the region's bucket, so any step can be retried on any worker and gives the same bytes.
+
+The snapshot cuts each category, in key order, into pieces of `piece_rows` rows. A piece is
+the unit of staging and of compression; a shard is a run of pieces that one task handles.
+Pieces are the same however they are grouped into shards, so the archive is too.
 """
 
 from __future__ import annotations
@@ -11,23 +15,23 @@ from __future__ import annotations
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from portability import config
 from portability.mapping import load_mapping
-from portability.records import build_record, iter_rows, render_timestamp
+from portability.records import render_timestamp
 from portability.request import RequestError, parse_request
-from portability.schemas import SchemaSet, arrow_schema
+from portability.schemas import SchemaSet
 from portability.storage import AlreadyPublished, ObjectStore, StorageError, key_token
-from portability.validation import InvalidRecords, RecordValidator
-from portability.writers import MEDIA_TYPES, WRITERS, ErrorsWriter
 
 log = logging.getLogger(__name__)
 
 _EXPORT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_LINK_HOURS = 168  # SigV4 presigned URLs live at most 7 days
+_READERS = 2  # categories read in parallel from the shared snapshot
 
 
 class ExportError(RuntimeError):
@@ -38,12 +42,17 @@ class AccountNotFound(ExportError):
     pass
 
 
-def _snapshot_key(export_id: str, category: str) -> str:
-    return f"staging/{export_id}/snapshot/{category}.arrows"
+def _piece_key(export_id: str, category: str, piece: int) -> str:
+    return f"staging/{export_id}/snapshot/{category}/{piece:05d}.arrows"
 
 
-def _staged_file_key(export_id: str, path: str) -> str:
-    return f"staging/{export_id}/files/{path}"
+def _segment_key(export_id: str, category: str, piece: int, kind: str) -> str:
+    """A piece of one output file: kind is a text format or 'errors'."""
+    return f"staging/{export_id}/files/{category}/{piece:05d}.{kind}.deflate"
+
+
+def _invalid_rows_key(export_id: str, category: str, piece: int) -> str:
+    return f"staging/{export_id}/files/{category}/{piece:05d}.invalid.json"
 
 
 def archive_key(export_id: str, account_id: str, key_secret: bytes) -> str:
@@ -57,19 +66,18 @@ def _summary_key(key: str) -> str:
 def plan(conf: dict, export_id: str) -> dict:
     """Validate the request; nothing has been read from the source yet."""
     request = parse_request(conf, SchemaSet())
-    return {"export_id": export_id, **request.to_dict()}
+    return {"export_id": export_id, **request.to_dict(),
+            "piece_rows": config.piece_rows(), "shard_rows": config.shard_rows()}
 
 
 def take_snapshot(plan: dict) -> dict:
-    """Read every requested category from one snapshot of the source into staging."""
-    import pyarrow as pa
-
+    """Read every requested category from one snapshot of the source into staged pieces."""
     from portability import source
 
     schemas, mapping = SchemaSet(), load_mapping()
     storage = config.storage_settings()
     store = ObjectStore(storage)
-    account_id, export_id = plan["account_id"], plan["export_id"]
+    account_id = plan["account_id"]
     missing = [c for c in ["account", *plan["categories"]] if c not in mapping]
     if missing:
         raise ExportError(f"the source mapping has no query for {sorted(set(missing))}: add them to the mapping")
@@ -77,30 +85,61 @@ def take_snapshot(plan: dict) -> dict:
     with source.snapshot(config.source_settings().conninfo) as snap:
         account = _account(snap, mapping["account"], schemas, account_id)
         bucket = storage.bucket_for(account["region"])
-        counts = {}
-        for category in plan["categories"]:
-            columns = schemas.columns(category)
-            counts[category] = snap.count(mapping[category], account_id)
-            staged = 0
-            with store.upload(bucket, _snapshot_key(export_id, category)) as upload:
-                options = pa.ipc.IpcWriteOptions(compression="zstd")
-                schema = arrow_schema(columns).with_metadata({"snapshot_at": _render(snap.snapshot_at)})
-                with pa.ipc.new_stream(upload, schema, options=options) as writer:
-                    for batch in snap.batches(mapping[category], columns, account_id):
-                        writer.write_batch(batch)
-                        staged += batch.num_rows
-            if staged != counts[category]:
-                raise ExportError(f"{category}: read {staged} rows but the snapshot counts {counts[category]}")
-            log.info("snapshot of %s: %d rows", category, staged)
         snapshot_at = _render(snap.snapshot_at)
-    return {"snapshot_at": snapshot_at, "region": account["region"], "bucket": bucket, "source_counts": counts}
+        counts = {category: snap.count(mapping[category], account_id) for category in plan["categories"]}
+        largest_first = sorted(plan["categories"], key=lambda c: -counts[c])
+
+        def stage(category: str) -> list[int]:
+            with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
+                return _stage_pieces(store, bucket, plan, category, rows, snapshot_at)
+
+        with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
+            pieces = dict(zip(largest_first, readers.map(stage, largest_first), strict=True))
+    for category in plan["categories"]:
+        if sum(pieces[category]) != counts[category]:
+            raise ExportError(f"{category}: read {sum(pieces[category])} rows but the snapshot counts "
+                              f"{counts[category]}; rerun the export")
+        log.info("snapshot of %s: %d rows in %d pieces", category, counts[category], len(pieces[category]))
+    return {"snapshot_at": snapshot_at, "region": account["region"], "bucket": bucket, "source_counts": counts,
+            "pieces": {c: pieces[c] for c in plan["categories"]}}
+
+
+def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, rows, snapshot_at: str) -> list[int]:
+    """Write the category's rows as pieces of `piece_rows` rows (Arrow IPC, LZ4); returns each piece's rows.
+
+    A category always has at least one piece, so every file gets its header even when empty.
+    """
+    import pyarrow as pa
+
+    schema = rows.schema.with_metadata({"snapshot_at": snapshot_at})
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    piece_rows, sizes = plan["piece_rows"], []
+    with ExitStack() as stack:
+        writer = None
+
+        def next_piece():
+            stack.close()
+            upload = stack.enter_context(store.upload(bucket, _piece_key(plan["export_id"], category, len(sizes))))
+            sizes.append(0)
+            return stack.enter_context(pa.ipc.new_stream(upload, schema, options=options))
+
+        writer = next_piece()
+        for batch in rows:
+            while batch.num_rows:
+                if sizes[-1] == piece_rows:
+                    writer = next_piece()
+                take = min(batch.num_rows, piece_rows - sizes[-1])
+                writer.write_batch(batch.slice(0, take))
+                sizes[-1] += take
+                batch = batch.slice(take)
+    return sizes
 
 
 def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:
-    columns = schemas.columns("account")
-    for batch in snap.batches(mapping, columns, account_id):
-        if batch.num_rows:
-            return batch.slice(0, 1).to_pylist()[0]
+    with snap.reader(mapping, schemas.columns("account"), account_id) as rows:
+        for batch in rows:
+            if batch.num_rows:
+                return batch.slice(0, 1).to_pylist()[0]
     raise AccountNotFound(f"account not found: {account_id!r}; check the account id. Nothing was exported.")
 
 
@@ -108,79 +147,48 @@ def _render(instant: datetime) -> str:
     return render_timestamp(instant.astimezone(UTC))
 
 
-def export_category(plan: dict, snapshot: dict, category: str) -> dict:
-    """Validate every staged record of one category and write the requested formats."""
+def shards(plan: dict, snapshot: dict, category: str) -> list[dict]:
+    """The shards of one category: runs of pieces of about `shard_rows` rows; none if it was not requested."""
+    if category not in plan["categories"]:
+        return []
+    pieces = snapshot["pieces"][category]
+    per_shard = max(1, plan["shard_rows"] // plan["piece_rows"])
+    return [
+        {"category": category, "first_piece": first, "stop_piece": min(first + per_shard, len(pieces)),
+         "of_pieces": len(pieces)}
+        for first in range(0, len(pieces), per_shard)
+    ]
+
+
+def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
+    """Validate every record of a shard's pieces and write each piece of the requested text files."""
+    from portability.pieces import export_piece
+
     schemas = SchemaSet()
     store = ObjectStore(config.storage_settings())
-    bucket, export_id = snapshot["bucket"], plan["export_id"]
-    columns = schemas.columns(category)
-    validator = RecordValidator(schemas, category)
-    paths = {fmt: f"data/{category}.{fmt}" for fmt in plan["formats"]}
-    errors_path = f"data/errors/{category}.jsonl"
-    exported = quarantined = position = 0
-
-    with ExitStack() as stack:
-        uploads = {
-            fmt: stack.enter_context(store.upload(bucket, _staged_file_key(export_id, path),
-                                                  content_type=MEDIA_TYPES[fmt]))
-            for fmt, path in paths.items()
-        }
-        writers = {fmt: WRITERS[fmt](uploads[fmt], columns) for fmt in paths}
-        errors_upload = errors_writer = None
-        reader = _open_snapshot(store, bucket, export_id, category, snapshot["snapshot_at"])
-        for batch in reader:
-            rows = list(iter_rows(batch))
-            records = [build_record(columns, row) for row in rows]
-            problems = [validator.problems(record) for record in records]
-            valid = [not p for p in problems]
-            for offset, (record, found) in enumerate(zip(records, problems, strict=True)):
-                if not found:
-                    continue
-                if plan["on_invalid"] == "fail":
-                    raise InvalidRecords(_invalid_message(category, position + offset, record, found))
-                if errors_writer is None:
-                    errors_upload = stack.enter_context(store.upload(
-                        bucket, _staged_file_key(export_id, errors_path), content_type=MEDIA_TYPES["jsonl"]))
-                    errors_writer = ErrorsWriter(errors_upload)
-                errors_writer.write(record, found)
-            for writer in writers.values():
-                writer.write(batch, records, rows, valid)
-            position += len(rows)
-            quarantined += valid.count(False)
-            exported += valid.count(True)
-        for writer in writers.values():
-            writer.close()
-        if errors_writer:
-            errors_writer.close()
-
-    source_count = snapshot["source_counts"][category]
-    if exported + quarantined != source_count:
-        raise ExportError(f"{category}: exported {exported} + quarantined {quarantined} != source {source_count}")
-    log.info("%s: %d exported, %d quarantined", category, exported, quarantined)
-    return {
-        "category": category,
-        "source_count": source_count,
-        "exported": exported,
-        "quarantined": quarantined,
-        "files": [
-            {"path": paths[fmt], "format": fmt, "bytes": uploads[fmt].bytes_written, "sha256": uploads[fmt].sha256}
-            for fmt in paths
-        ],
-        "errors": (
-            {"path": errors_path, "format": "jsonl", "bytes": errors_upload.bytes_written,
-             "sha256": errors_upload.sha256}
-            if errors_upload else None
-        ),
-    }
+    category = shard["category"]
+    results = []
+    for piece in range(shard["first_piece"], shard["stop_piece"]):
+        reader = _open_piece(store, snapshot["bucket"], plan["export_id"], category, piece, snapshot["snapshot_at"])
+        results.append(export_piece(
+            plan, category, piece, reader, schemas, store=store, bucket=snapshot["bucket"],
+            segment_key=lambda kind, piece=piece: _segment_key(plan["export_id"], category, piece, kind),
+            invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece),
+        ))
+    exported = sum(r["exported"] for r in results)
+    quarantined = sum(r["quarantined"] for r in results)
+    log.info("%s pieces %d-%d of %d: %d exported, %d quarantined", category, shard["first_piece"],
+             shard["stop_piece"] - 1, shard["of_pieces"], exported, quarantined)
+    return {"category": category, "pieces": results}
 
 
-def _open_snapshot(store: ObjectStore, bucket: str, export_id: str, category: str, snapshot_at: str):
-    """The staged rows of a category, refusing rows of any other snapshot than this run's."""
+def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, piece: int, snapshot_at: str):
+    """A staged piece, refusing rows of any other snapshot than this run's."""
     import pyarrow as pa
     from botocore.exceptions import ClientError
 
     try:
-        reader = pa.ipc.open_stream(store.open(bucket, _snapshot_key(export_id, category)))
+        reader = pa.ipc.open_stream(store.open(bucket, _piece_key(export_id, category, piece)))
     except ClientError as exc:
         raise ExportError(
             f"the staged snapshot of {category} for export {export_id} is gone (a failed run is cleaned up): "
@@ -195,18 +203,32 @@ def _open_snapshot(store: ObjectStore, bucket: str, export_id: str, category: st
     return reader
 
 
-def _invalid_message(category: str, position: int, record, problems: list[dict]) -> str:
-    # Names the record by position and id and the rule it broke, never by its values (they are personal data).
-    record_id = record.document.get("id")
-    where = ", ".join(f"{p['path']} ({p['keyword']})" for p in problems[:3])
-    return (
-        f"{category}: record #{position + 1}{f' (id {record_id})' if record_id is not None else ''} fails its "
-        f"schema at {where}; nothing was published because on_invalid=fail. Fix the source record or export "
-        "with on_invalid=quarantine."
-    )
+def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> list[dict]:
+    """One result per requested category, its pieces in order; refuses a missing or doubled piece."""
+    by_category: dict[str, dict[int, dict]] = {c: {} for c in plan["categories"]}
+    for shard in shard_results:
+        for piece in shard["pieces"]:
+            if piece["piece"] in by_category[shard["category"]]:
+                raise ExportError(f"{shard['category']}: piece {piece['piece']} was exported twice; rerun the export")
+            by_category[shard["category"]][piece["piece"]] = piece
+    results = []
+    for category in plan["categories"]:
+        pieces = by_category[category]
+        expected = len(snapshot["pieces"][category])
+        if sorted(pieces) != list(range(expected)):
+            raise ExportError(f"{category}: {len(pieces)} of {expected} pieces were exported; rerun the export")
+        ordered = [pieces[i] for i in range(expected)]
+        exported = sum(p["exported"] for p in ordered)
+        quarantined = sum(p["quarantined"] for p in ordered)
+        if exported + quarantined != snapshot["source_counts"][category]:
+            raise ExportError(f"{category}: exported {exported} + quarantined {quarantined} != source "
+                              f"{snapshot['source_counts'][category]}")
+        results.append({"category": category, "source_count": snapshot["source_counts"][category],
+                        "exported": exported, "quarantined": quarantined, "pieces": ordered})
+    return results
 
 
-def package(plan: dict, snapshot: dict, results: list[dict]) -> dict:
+def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
     """Zip the bag straight into the archive's multipart upload; it appears only when complete."""
     from portability import packaging
 
@@ -219,17 +241,20 @@ def package(plan: dict, snapshot: dict, results: list[dict]) -> dict:
         log.info("export %s is already published; keeping it", export_id)
         return _published_summary(store, bucket, key)
 
-    order = {c: i for i, c in enumerate(plan["categories"])}
-    results = sorted(results, key=lambda r: order[r["category"]])
-    payload = packaging.payload_files(plan, snapshot, results, schemas)
-    tags = packaging.tag_files(plan, snapshot, results, payload,
-                               organization=config.organization_name())
+    results = category_results(plan, snapshot, shard_results)
+    sources = packaging.StagedSources(
+        open_segment=lambda category, piece, kind: store.open(bucket, _segment_key(export_id, category, piece, kind)),
+        open_piece=lambda category, piece: _open_piece(store, bucket, export_id, category, piece,
+                                                       snapshot["snapshot_at"]),
+        invalid_rows=lambda category, piece: json.loads(
+            store.read_bytes(bucket, _invalid_rows_key(export_id, category, piece))),
+    )
     snapshot_at = datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00"))
     try:
         with store.upload(bucket, key, content_type="application/zip", create_only=True) as upload:
-            packaging.write_zip(
-                upload, root=f"{account_id}-{export_id}", snapshot_at=snapshot_at, tags=tags, payload=payload,
-                open_payload=lambda f: store.open(bucket, _staged_file_key(export_id, f.path)),
+            described = packaging.write_archive(
+                upload, plan=plan, snapshot=snapshot, results=results, schemas=schemas, sources=sources,
+                root=f"{account_id}-{export_id}", snapshot_at=snapshot_at, organization=config.organization_name(),
             )
     except AlreadyPublished:
         log.info("export %s was published by another run meanwhile; keeping that one", export_id)
@@ -243,7 +268,8 @@ def package(plan: dict, snapshot: dict, results: list[dict]) -> dict:
         "bytes": upload.bytes_written,
         "sha256": upload.sha256,
         "snapshot_at": snapshot["snapshot_at"],
-        "counts": {r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")} for r in results},
+        "counts": {r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")}
+                   for r in described},
     }
     store.put_bytes(bucket, _summary_key(key), json.dumps(summary, indent=2).encode(),
                     content_type="application/json")
@@ -301,14 +327,23 @@ def presigned_link(store: ObjectStore, summary: dict, seconds: int) -> Link:
     return Link(url, expires_at.isoformat().replace("+00:00", "Z"), summary["bucket"], summary["key"])
 
 
+def _shard_workers() -> int:
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -> tuple[dict, Link]:
     """The whole export in this process (the command's path); returns the summary and a fresh link."""
     current = plan(conf, export_id)
     snapshot = None
     try:
         snapshot = take_snapshot(current)
-        results = [export_category(current, snapshot, c) for c in current["categories"]]
-        summary = package(current, snapshot, results)
+        work = [shard for category in current["categories"] for shard in shards(current, snapshot, category)]
+        # Shards are independent; Arrow, ISA-L and the uploads release the GIL, so threads use every core.
+        with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
+            shard_results = list(pool.map(lambda shard: export_shard(current, snapshot, shard), work))
+        summary = package(current, snapshot, shard_results)
     finally:
         cleanup(current, snapshot)
     store = ObjectStore(config.storage_settings())

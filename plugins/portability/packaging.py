@@ -1,7 +1,11 @@
 """The archive: a BagIt bag (RFC 8493) whose payload is a Frictionless Data Package, zipped.
 
-The ZIP is written in one pass to a stream. Every byte is derived from the export's content
-and its snapshot instant, so the same export always gives the same archive.
+The ZIP is written in one pass to a stream: first the data files, their checksums taken as
+they pass, then the files that describe them (datapackage.json, schemas, manifest, bag tag
+files). Text files are the concatenation of their pieces' deflated segments, copied without
+recompressing; Parquet files are assembled from the staged pieces with fixed row groups.
+Every byte is derived from the export's content and its snapshot instant, so the same
+export always gives the same archive, however its work was spread over tasks.
 """
 
 from __future__ import annotations
@@ -9,16 +13,28 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from portability import __version__
-from portability.schemas import SchemaSet, table_schema
-from portability.writers import MEDIA_TYPES
+from portability.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
+from portability.schemas import SchemaSet, arrow_schema, table_schema
+from portability.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
 
 FORMAT_VERSION = "1.0"
+PARQUET_ROW_GROUP_ROWS = 128 * 1024
 _COPY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StagedSources:
+    """Where the packaging step reads what the earlier steps staged."""
+
+    open_segment: Callable[[str, int, str], object]  # (category, piece, kind) -> readable stream
+    open_piece: Callable[[str, int], object]         # (category, piece) -> Arrow record batch reader
+    invalid_rows: Callable[[str, int], list[int]]    # (category, piece) -> quarantined row offsets
 
 
 @dataclass(frozen=True)
@@ -101,19 +117,13 @@ def build_datapackage(plan: dict, snapshot: dict, results: list[dict], schemas: 
     }
 
 
-def payload_files(plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet) -> list[PayloadFile]:
-    """Every file under data/, in archive order."""
+def describing_files(plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet) -> list[PayloadFile]:
+    """The payload files that describe the data: the data package and each category's schema."""
     files = [_small("data/datapackage.json", _json_bytes(build_datapackage(plan, snapshot, results, schemas)))]
     files += [
         _small(f"data/schemas/{r['category']}.schema.json", _json_bytes(schemas.bundled_record(r["category"])))
         for r in results
     ]
-    for result in results:
-        files += [PayloadFile(f["path"], f["bytes"], f["sha256"]) for f in result["files"]]
-    for result in results:
-        if result["errors"]:
-            e = result["errors"]
-            files.append(PayloadFile(e["path"], e["bytes"], e["sha256"]))
     return files
 
 
@@ -140,30 +150,137 @@ def tag_files(plan: dict, snapshot: dict, results: list[dict], payload: list[Pay
     return [*tags, ("tagmanifest-sha256.txt", tag_manifest.encode("utf-8"))]
 
 
-def write_zip(sink, *, root: str, snapshot_at: datetime, tags: list[tuple[str, bytes]],
-              payload: Iterable[PayloadFile], open_payload: Callable[[PayloadFile], object]) -> None:
-    """Stream the bag into a ZIP (ZIP64 where needed) with fixed timestamps and permissions."""
+def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet,
+                  sources: StagedSources, root: str, snapshot_at: datetime, organization: str) -> list[dict]:
+    """Stream the whole bag into a ZIP (ZIP64 where needed); returns the results with each file's checksum."""
     stamp = snapshot_at.timetuple()[:6]
 
-    def info(name: str, compressed: bool) -> zipfile.ZipInfo:
-        entry = zipfile.ZipInfo(f"{root}/{name}", date_time=stamp)
-        entry.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
-        entry.external_attr = 0o644 << 16
-        return entry
+    def entry(path: str, compressed: bool) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(f"{root}/{path}", date_time=stamp)
+        info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        return info
 
+    described, payload = [], []
     with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:
-        for name, data in tags:
-            archive.writestr(info(name, True), data)
-        for file in payload:
-            entry = info(file.path, not file.path.endswith(".parquet"))
-            if file.content is not None:
-                archive.writestr(entry, file.content)
-                continue
-            entry.file_size = file.bytes  # lets zipfile choose ZIP64 for large files up front
-            source = open_payload(file)
-            with archive.open(entry, "w") as target:
-                while chunk := source.read(_COPY_BYTES):
-                    target.write(chunk)
+        for result in results:
+            category, pieces = result["category"], result["pieces"]
+            files = []
+            for fmt in plan["formats"]:
+                path = f"data/{category}.{fmt}"
+                if fmt in TEXT_FORMATS:
+                    size, sha256 = _write_segments(archive, entry(path, True), [
+                        (Segment(**p["files"][fmt]), partial(sources.open_segment, category, p["piece"], fmt))
+                        for p in pieces
+                    ])
+                else:
+                    size, sha256 = _write_parquet(archive, entry(path, False), schemas, category, pieces, sources)
+                files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
+            errors = None
+            with_errors = [p for p in pieces if p["errors"]]
+            if with_errors:
+                path = f"data/errors/{category}.jsonl"
+                size, sha256 = _write_segments(archive, entry(path, True), [
+                    (Segment(**p["errors"]), partial(sources.open_segment, category, p["piece"], "errors"))
+                    for p in with_errors
+                ])
+                errors = {"path": path, "format": "jsonl", "bytes": size, "sha256": sha256}
+            described.append({"category": category, "source_count": result["source_count"],
+                              "exported": result["exported"], "quarantined": result["quarantined"],
+                              "files": files, "errors": errors})
+            payload += [PayloadFile(f["path"], f["bytes"], f["sha256"]) for f in files]
+        payload += [PayloadFile(r["errors"]["path"], r["errors"]["bytes"], r["errors"]["sha256"])
+                    for r in described if r["errors"]]
+        describing = describing_files(plan, snapshot, described, schemas)
+        for file in describing:
+            archive.writestr(entry(file.path, True), file.content)
+        for name, data in tag_files(plan, snapshot, described, [*describing, *payload], organization):
+            archive.writestr(entry(name, True), data)
+    return described
+
+
+def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list) -> tuple[int, str]:
+    """One deflated entry made of pre-compressed segments, copied as they are; returns (raw bytes, sha256).
+
+    zipfile cannot take compressed data, so the entry is written the way zipfile writes one
+    (its header and central-directory record come from zipfile itself) with the sizes and CRC
+    known up front from the pieces.
+    """
+    total = combine([segment for segment, _ in segments])
+    info.CRC, info.file_size, info.compress_size = total.crc32, total.raw_bytes, total.deflated_bytes
+    info.flag_bits = 0  # sizes and CRC are in the local header: no data descriptor
+    zip64 = total.raw_bytes > zipfile.ZIP64_LIMIT or total.deflated_bytes > zipfile.ZIP64_LIMIT
+    info.header_offset = archive.fp.tell()
+    archive._writecheck(info)
+    archive._didModify = True
+    archive.fp.write(info.FileHeader(zip64))
+    digest = InflatingDigest()
+    for _, open_segment in segments:
+        stream = open_segment()
+        while chunk := stream.read(_COPY_BYTES):
+            archive.fp.write(chunk)
+            digest.update(chunk)
+    archive.fp.write(FINAL_BLOCK)
+    digest.update(FINAL_BLOCK)
+    sha256 = digest.finish(total)
+    archive.filelist.append(info)
+    archive.NameToInfo[info.filename] = info
+    archive.start_dir = archive.fp.tell()
+    return total.raw_bytes, sha256
+
+
+class _Counting:
+    """A write-only stream that hashes and counts what passes to `target`."""
+
+    def __init__(self, target):
+        self._target, self.bytes, self._sha256 = target, 0, hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self._sha256.update(data)
+        self.bytes += len(data)
+        return self._target.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+
+def _write_parquet(archive: zipfile.ZipFile, info: zipfile.ZipInfo, schemas: SchemaSet, category: str,
+                   pieces: list[dict], sources: StagedSources) -> tuple[int, str]:
+    """The category's valid rows as one Parquet file with row groups of a fixed size; returns (bytes, sha256)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from portability.rendering import as_text
+
+    schema = arrow_schema(schemas.columns(category), staged=False)
+    with archive.open(info, "w", force_zip64=True) as target:
+        counting = _Counting(target)
+        writer = pq.ParquetWriter(pa.PythonFile(counting, mode="w"), schema, compression="zstd",
+                                  write_statistics=True, store_schema=True)
+        pending, pending_rows = [], 0
+        for piece in pieces:
+            invalid = sources.invalid_rows(category, piece["piece"]) if piece["quarantined"] else []
+            offset = 0
+            for batch in sources.open_piece(category, piece["piece"]):
+                kept = batch
+                if invalid:
+                    kept = batch.filter(valid_mask(piece["rows"], invalid).slice(offset, batch.num_rows))
+                offset += batch.num_rows
+                pending.append(pa.RecordBatch.from_arrays([as_text(c) for c in kept.columns], schema=schema))
+                pending_rows += kept.num_rows
+                while pending_rows >= PARQUET_ROW_GROUP_ROWS:
+                    table = pa.Table.from_batches(pending, schema)
+                    writer.write_table(table.slice(0, PARQUET_ROW_GROUP_ROWS), row_group_size=PARQUET_ROW_GROUP_ROWS)
+                    rest = table.slice(PARQUET_ROW_GROUP_ROWS)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+        if pending_rows:
+            writer.write_table(pa.Table.from_batches(pending, schema), row_group_size=PARQUET_ROW_GROUP_ROWS)
+        writer.close()
+    return counting.bytes, counting.sha256()
 
 
 def readme(plan: dict, snapshot: dict, results: list[dict]) -> str:

@@ -152,15 +152,25 @@ def _json_type(value) -> str:
     return "string"
 
 
-def arrow_schema(columns: list[Column]):
-    """The Arrow schema of a category's staged snapshot: JSON values stay as their source text."""
+def arrow_schema(columns: list[Column], source_json: frozenset[str] = frozenset(), staged: bool = True):
+    """The Arrow schema of a category's staged snapshot, or (staged=False) of its valid records.
+
+    Staged columns are all nullable: the source may break the schema, and the validator judges.
+    JSON values stay as their source text. Those of `source_json` columns were checked to be JSON
+    by the source database (PostgreSQL json/jsonb) and are typed `arrow.json`, which the
+    validator trusts; other JSON columns are plain strings that the validator parses.
+    """
     import pyarrow as pa
 
     types = {
         STRING: pa.string(), INTEGER: pa.int64(), NUMBER: pa.float64(), BOOLEAN: pa.bool_(),
         TIMESTAMP: pa.timestamp("us", tz="UTC"), JSON: pa.string(), STRING_LIST: pa.list_(pa.string()),
     }
-    return pa.schema([pa.field(c.name, types[c.kind], nullable=c.nullable) for c in columns])
+    return pa.schema([
+        pa.field(c.name, pa.json_(pa.string()) if c.name in source_json else types[c.kind],
+                 nullable=staged or c.nullable)
+        for c in columns
+    ])
 
 
 def table_schema(columns: list[Column], file_format: str) -> dict:

@@ -1,4 +1,10 @@
-"""Reading the source: one consistent, read-only snapshot of an account, streamed as Arrow batches."""
+"""Reading the source: one consistent, read-only snapshot of an account, streamed as Arrow batches.
+
+A psycopg connection opens the snapshot (REPEATABLE READ, READ ONLY) and exports it with
+`pg_export_snapshot()`. Each category is then read by its own ADBC PostgreSQL connection that
+joins that snapshot, so several readers run in parallel and all see the same instant. ADBC
+streams binary COPY straight into Arrow batches: no Python object per row.
+"""
 
 from __future__ import annotations
 
@@ -9,50 +15,88 @@ from datetime import datetime
 from portability.mapping import CategoryQuery, MappingError
 from portability.schemas import Column, arrow_schema
 
-BATCH_ROWS = 10_000
+# PostgreSQL types whose text PostgreSQL itself guarantees to be valid JSON.
+JSON_TYPES = ("json", "jsonb")
 
 
 class SourceSnapshot:
-    """A REPEATABLE READ, READ ONLY transaction: every query sees the same instant."""
+    """A REPEATABLE READ, READ ONLY transaction: every query, on any joined connection, sees the same instant."""
 
-    def __init__(self, connection):
+    def __init__(self, connection, conninfo: str):
         self._conn = connection
+        self._conninfo = conninfo
         with connection.cursor() as cursor:
             # The first statement fixes the snapshot; now() is the transaction's start instant.
-            cursor.execute("SELECT now()")
-            self.snapshot_at: datetime = cursor.fetchone()[0]
+            cursor.execute("SELECT now(), pg_export_snapshot()")
+            self.snapshot_at, self._snapshot_id = cursor.fetchone()
 
     def count(self, mapping: CategoryQuery, account_id: str) -> int:
         with self._conn.cursor() as cursor:
             cursor.execute(mapping.counted(), {"account_id": account_id})
             return cursor.fetchone()[0]
 
-    def batches(self, mapping: CategoryQuery, columns: list[Column], account_id: str,
-                batch_rows: int = BATCH_ROWS) -> Iterator:
-        """The category's rows in order, as Arrow record batches shaped by its record schema."""
+    def _render(self, mapping: CategoryQuery, account_id: str) -> str:
+        """The ordered query with the account id as a quoted literal: ADBC streams COPY only without parameters."""
+        import psycopg
+
+        return psycopg.ClientCursor(self._conn).mogrify(mapping.ordered(), {"account_id": account_id})
+
+    @contextmanager
+    def reader(self, mapping: CategoryQuery, columns: list[Column], account_id: str):
+        """The category's rows in order as Arrow batches shaped by its record schema (`.schema`, iterable)."""
+        import adbc_driver_postgresql.dbapi as adbc
+
+        query = self._render(mapping, account_id)
+        with adbc.connect(self._conninfo) as conn, conn.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cursor.execute(f"SET TRANSACTION SNAPSHOT '{self._snapshot_id}'")
+            cursor.execute(query)
+            batches = cursor.fetch_record_batch()
+            try:
+                yield _Shaped(batches, mapping, columns)
+            finally:
+                conn.rollback()
+
+
+class _Shaped:
+    """Source batches cast to the staged Arrow schema, after checking the columns match the schema."""
+
+    def __init__(self, batches, mapping: CategoryQuery, columns: list[Column]):
         import pyarrow as pa
 
-        schema = arrow_schema(columns)
-        # A server-side cursor streams the rows instead of loading the result into memory.
-        with self._conn.cursor(name=f"export_{mapping.category}") as cursor:
-            cursor.itersize = batch_rows
-            cursor.execute(mapping.ordered(), {"account_id": account_id})
-            rows = cursor.fetchmany(batch_rows)
-            positions = _column_positions(mapping, [d.name for d in cursor.description], columns)
-            while rows:
-                arrays = [
-                    pa.array([row[i] for row in rows], type=field.type)
-                    for i, field in zip(positions, schema, strict=True)
-                ]
-                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-                rows = cursor.fetchmany(batch_rows)
+        source = batches.schema
+        _check_columns(mapping, source.names, columns)
+        source_json = frozenset(
+            f.name for f in source
+            if isinstance(f.type, pa.JsonType) or (f.metadata or {}).get(b"POSTGRESQL:type", b"").decode() in JSON_TYPES
+        )
+        self.schema = arrow_schema(columns, source_json)
+        self._batches = batches
+        self._names = [c.name for c in columns]
+
+    def __iter__(self) -> Iterator:
+        import pyarrow as pa
+
+        for batch in self._batches:
+            arrays = []
+            for name, field in zip(self._names, self.schema, strict=True):
+                array = batch.column(name)
+                if isinstance(field.type, pa.JsonType) and not isinstance(array.type, pa.JsonType):
+                    array = pa.ExtensionArray.from_storage(field.type, array.cast(pa.string()))
+                elif array.type != field.type:
+                    try:
+                        array = array.cast(field.type)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                        raise MappingError(
+                            f"column {name!r} of the source has type {array.type}, which does not convert to the "
+                            f"record schema's {field.type}: cast it in the mapping query ({exc})"
+                        ) from None
+                arrays.append(array)
+            yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
-def _column_positions(mapping: CategoryQuery, returned: list[str], columns: list[Column]) -> list[int]:
-    """Where each schema column is in the query's result.
-
-    The query must return exactly the schema's columns, so no unlisted column (a secret) can leak.
-    """
+def _check_columns(mapping: CategoryQuery, returned: list[str], columns: list[Column]) -> None:
+    """The query must return exactly the schema's columns, so no unlisted column (a secret) can leak."""
     expected = [c.name for c in columns]
     if sorted(returned) != sorted(expected) or len(set(returned)) != len(returned):
         extra = sorted(set(returned) - set(expected))
@@ -61,20 +105,19 @@ def _column_positions(mapping: CategoryQuery, returned: list[str], columns: list
             f"the mapping query of {mapping.category!r} returns columns that differ from its record schema "
             f"(unexpected: {extra or 'none'}; missing: {missing or 'none'}): fix the mapping's SELECT list"
         )
-    return [returned.index(name) for name in expected]
 
 
 @contextmanager
 def snapshot(conninfo: str) -> Iterator[SourceSnapshot]:
-    """Open one read-only snapshot of the source database."""
+    """Open one read-only snapshot of the source database, shareable with parallel readers."""
     import psycopg
-    from psycopg.types.string import TextLoader
 
     with psycopg.connect(conninfo, application_name="portability-export") as conn:
-        # JSON columns arrive as text so that their exact source bytes reach the archive.
-        for json_type in ("json", "jsonb"):
-            conn.adapters.register_loader(json_type, TextLoader)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
-            yield SourceSnapshot(conn)
+            yield SourceSnapshot(conn, conninfo)
+
+
+def snapshot_instant(snap: SourceSnapshot) -> datetime:
+    return snap.snapshot_at

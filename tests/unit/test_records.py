@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portability.records import build_record, neutralise_formula, render_timestamp
+from portability.records import neutralise_formula, render_timestamp
 from portability.schemas import Column
 
 
@@ -40,22 +40,41 @@ COLUMNS = [Column("id", "integer", False), Column("name", "string", True), Colum
            Column("tags", "string_list", False), Column("at", "timestamp", True), Column("ok", "boolean", False)]
 
 
+def rendered(rows: list[list], source_json: frozenset = frozenset()):
+    import pyarrow as pa
+
+    from portability.rendering import RenderedBatch
+    from portability.schemas import arrow_schema
+
+    schema = arrow_schema(COLUMNS, source_json)
+    arrays = [pa.array(list(values), type=f.type.storage_type if isinstance(f.type, pa.JsonType) else f.type)
+              for values, f in zip(zip(*rows, strict=True), schema, strict=True)]
+    arrays = [pa.ExtensionArray.from_storage(f.type, a) if isinstance(f.type, pa.JsonType) else a
+              for a, f in zip(arrays, schema, strict=True)]
+    return RenderedBatch(pa.RecordBatch.from_arrays(arrays, schema=schema), COLUMNS)
+
+
 def test_json_lines_keep_the_exact_json_text():
+    from portability.rendering import json_lines
+
     source = '{"b": 1.10, "a": [1, 2], "big": 12345678901234567890}'
-    record = build_record(COLUMNS, [1, "Zoë\n\"q\"", source, ["x,y"], None, True])
-    assert '"props":' + source in record.json_line
-    assert json.loads(record.json_line)["name"] == "Zoë\n\"q\""
-    assert record.document["at"] is None and not record.bad_json
+    (line,) = json_lines(rendered([[1, "Zoë\n\"q\"", source, ["x,y"], None, True]])).to_pylist()
+    assert '"props":' + source in line and line.endswith("}\n") and "\n" not in line[:-1]
+    assert json.loads(line)["name"] == "Zoë\n\"q\""
+    assert json.loads(line)["at"] is None
 
 
-def test_csv_row_renders_nested_values_as_json():
+def test_csv_cells_render_nested_values_as_json():
+    from portability.rendering import csv_batch
+
     at = datetime(2024, 1, 2, tzinfo=UTC)
-    record = build_record(COLUMNS, [1, "=1+1", "{}", ["a", "b"], at, False])
-    row = record.csv_row(COLUMNS, [1, "=1+1", "{}", ["a", "b"], at, False])
-    assert row == ["1", "'=1+1", "{}", '["a", "b"]', "2024-01-02T00:00:00.000000Z", "false"]
+    cells = csv_batch(rendered([[1, "=1+1", "{}", ["a", "b"], at, False]])).to_pylist()
+    assert cells == [{"id": 1, "name": "'=1+1", "props": "{}", "tags": '["a","b"]',
+                      "at": "2024-01-02T00:00:00.000000Z", "ok": False}]
 
 
 def test_invalid_json_text_is_reported_not_raised():
-    record = build_record(COLUMNS, [1, None, "{not json", [], None, True])
-    assert record.bad_json == ["props"]
-    assert json.loads(record.json_line)["props"] == "{not json"
+    from portability.validation import documents
+
+    ((document, bad_json),) = documents(rendered([[1, None, "{not json", [], None, True]]), [0])
+    assert bad_json == ["props"] and document["props"] == "{not json"

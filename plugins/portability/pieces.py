@@ -1,0 +1,122 @@
+"""One piece of a category: validate its staged rows and write its part of each text file.
+
+Each text file (CSV, JSON Lines, and the quarantine file) gets one deflated segment per piece
+(see `segments`), streamed to staging as it is produced. Batches go through Arrow kernels
+from end to end: validation, rendering, CSV writing; nothing per row in Python except for
+the rare suspect rows the full validator judges.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from portability.rendering import RenderedBatch, csv_batch, json_lines
+from portability.schemas import SchemaSet
+from portability.segments import SegmentWriter
+from portability.validation import BatchValidator, InvalidRecords
+
+TEXT_FORMATS = ("csv", "jsonl")
+MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}
+_CSV_OPTIONS = {"eol": "\r\n", "quoting_style": "needed"}  # RFC 4180: CRLF; text cells quoted
+
+
+def csv_header(columns) -> bytes:
+    import io
+
+    sink = io.BytesIO()
+    empty = pa.RecordBatch.from_arrays([pa.array([], pa.string()) for _ in columns], names=[c.name for c in columns])
+    pa_csv.write_csv(empty, sink, pa_csv.WriteOptions(include_header=True, **_CSV_OPTIONS))
+    return sink.getvalue()
+
+
+def _csv_rows(rendered: RenderedBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(csv_batch(rendered), sink, pa_csv.WriteOptions(include_header=False, **_CSV_OPTIONS))
+    return sink.getvalue()
+
+
+def _text_bytes(lines: pa.Array):
+    """The concatenated text of a string array, without copying it into Python objects."""
+    import numpy as np
+
+    if not len(lines):
+        return b""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
+    return memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]]
+
+
+def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
+                 segment_key: Callable[[str], str], invalid_rows_key: str) -> dict:
+    validator = BatchValidator(schemas, category)
+    columns = validator.columns
+    formats = [f for f in plan["formats"] if f in TEXT_FORMATS]
+    rows = exported = 0
+    invalid_rows: list[int] = []
+    with ExitStack() as stack:
+        writers = {
+            fmt: SegmentWriter(stack.enter_context(store.upload(bucket, segment_key(fmt))))
+            for fmt in formats
+        }
+        errors = None
+        if piece == 0 and "csv" in writers:
+            writers["csv"].write(csv_header(columns))
+        for batch in reader:
+            rendered = RenderedBatch(batch, columns)
+            verdict = validator.check(rendered)
+            if verdict.problems:
+                if plan["on_invalid"] == "fail":
+                    row = min(verdict.problems)
+                    raise InvalidRecords(_invalid_message(category, piece * plan["piece_rows"] + rows + row,
+                                                          rendered, row, verdict.problems[row]))
+                if errors is None:
+                    errors = SegmentWriter(stack.enter_context(store.upload(bucket, segment_key("errors"))))
+                errors.write(_error_lines(rendered, verdict.problems))
+                invalid_rows += [rows + row for row in sorted(verdict.problems)]
+                rendered = rendered.filter(verdict.valid)
+            if rendered.num_rows:
+                if "csv" in writers:
+                    writers["csv"].write(_csv_rows(rendered))
+                if "jsonl" in writers:
+                    writers["jsonl"].write(_text_bytes(json_lines(rendered)))
+            rows += batch.num_rows
+            exported += rendered.num_rows
+        segments = {fmt: writer.close().to_dict() for fmt, writer in writers.items()}
+        error_segment = errors.close().to_dict() if errors else None
+    if invalid_rows:
+        # Parquet is assembled at packaging from the staged pieces; it needs to know which rows to leave out.
+        store.put_bytes(bucket, invalid_rows_key, json.dumps(invalid_rows).encode(), content_type="application/json")
+    return {"piece": piece, "rows": rows, "exported": exported, "quarantined": len(invalid_rows),
+            "files": segments, "errors": error_segment}
+
+
+def _error_lines(rendered: RenderedBatch, problems: dict[int, list[dict]]) -> bytes:
+    """errors/<category>.jsonl lines: each quarantined record with the reasons it failed."""
+    rows = sorted(problems)
+    records = json_lines(rendered.take(rows)).to_pylist()
+    return "".join(
+        '{"errors":' + json.dumps(problems[row], ensure_ascii=False) + ',"record":' + record.rstrip("\n") + "}\n"
+        for row, record in zip(rows, records, strict=True)
+    ).encode("utf-8")
+
+
+def _invalid_message(category: str, position: int, rendered: RenderedBatch, row: int, problems: list[dict]) -> str:
+    # Names the record by position and id and the rule it broke, never by its values (they are personal data).
+    names = [c.name for c in rendered.columns]
+    record_id = rendered.batch.column(names.index("id"))[row].as_py() if "id" in names else None
+    where = ", ".join(f"{p['path']} ({p['keyword']})" for p in problems[:3])
+    return (
+        f"{category}: record #{position + 1}{f' (id {record_id})' if record_id is not None else ''} fails its "
+        f"schema at {where}; nothing was published because on_invalid=fail. Fix the source record or export "
+        "with on_invalid=quarantine."
+    )
+
+
+def valid_mask(rows: int, invalid_rows: list[int]) -> pa.Array:
+    """A piece-long mask without the quarantined rows (for assembling Parquet)."""
+    return pc.invert(pc.is_in(pa.array(range(rows), pa.int64()), value_set=pa.array(invalid_rows, pa.int64())))

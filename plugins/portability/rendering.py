@@ -1,0 +1,186 @@
+"""Column-at-a-time rendering of staged Arrow batches into the archive's text forms.
+
+Every function takes whole Arrow arrays and returns Arrow arrays, so the hot path runs in
+Arrow's C++ kernels (which release the GIL) with no Python object per row. The same text is
+what the validator checks, what JSON Lines holds and what the CSV cell shows, so the three
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST, TIMESTAMP, Column
+
+# JSON text must escape '"', '\' and the C0 controls; nothing else needs it (ensure_ascii=False).
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
+_SHORT_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# OWASP CSV injection: a cell starting with one of these runs as a formula in a spreadsheet...
+FORMULA_START = "^[=+\\-@\\t\\r]"
+# ...unless it is a plain (ASCII) number, which spreadsheets read as a number.
+PLAIN_NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_TIMESTAMP_TEXT_LENGTH = len("2024-01-02 03:04:05.000006")
+
+
+def timestamp_text(array: pa.Array) -> pa.Array:
+    """RFC 3339 in UTC with microseconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`; nulls stay null.
+
+    Arrow's cast of a naive timestamp is ~10x faster than strftime; its text only needs the
+    'T' and the 'Z'. Years outside 0000-9999 render longer and fail the schema's pattern.
+    """
+    import numpy as np
+
+    naive = pc.cast(array, pa.timestamp("us")) if array.type.tz else array
+    text = pc.cast(pc.fill_null(naive, 0), pa.string())
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=len(text) + 1, offset=text.offset * 4)
+    if len(text) and np.all(np.diff(offsets) == _TIMESTAMP_TEXT_LENGTH):
+        width = _TIMESTAMP_TEXT_LENGTH + 1
+        data = np.frombuffer(text.buffers()[2], dtype=np.uint8, count=offsets[-1] - offsets[0], offset=offsets[0])
+        out = np.empty((len(text), width), dtype=np.uint8)
+        out[:, :-1] = data.reshape(len(text), _TIMESTAMP_TEXT_LENGTH)
+        out[:, 10] = ord("T")
+        out[:, -1] = ord("Z")
+        new_offsets = np.arange(0, len(text) * width + 1, width, dtype=np.int32)
+        rendered = pa.StringArray.from_buffers(len(text), pa.py_buffer(new_offsets), pa.py_buffer(out))
+    else:  # unusual years: the slower general path
+        rendered = pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "Z", "")
+    return pc.if_else(pc.is_valid(array), rendered, pa.scalar(None, pa.string()))
+
+
+def json_string(array: pa.Array) -> pa.Array:
+    """Each string as a JSON string literal (quotes included), exactly as `json.dumps(ensure_ascii=False)`."""
+    array = _plain_strings(array)
+    needs = pc.fill_null(pc.match_substring_regex(array, _NEEDS_ESCAPE), False)
+    if pc.any(needs).as_py():
+        escaped = pc.filter(array, needs)
+        escaped = pc.replace_substring(escaped, "\\", "\\\\")
+        escaped = pc.replace_substring(escaped, '"', '\\"')
+        for char, escape in _SHORT_ESCAPES.items():
+            escaped = pc.replace_substring(escaped, char, escape)
+        if pc.any(pc.match_substring_regex(escaped, r"[\x00-\x1f]")).as_py():
+            for code in range(0x20):
+                if chr(code) not in _SHORT_ESCAPES:
+                    escaped = pc.replace_substring(escaped, chr(code), f"\\u{code:04x}")
+        array = pc.replace_with_mask(array, needs, escaped)
+    return pc.binary_join_element_wise('"', array, '"', "")
+
+
+def _plain_strings(array: pa.Array) -> pa.Array:
+    if isinstance(array.type, pa.BaseExtensionType):
+        array = array.storage
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array
+
+
+class RenderedBatch:
+    """A staged batch with each column's text computed at most once, shared by checks and writers."""
+
+    def __init__(self, batch: pa.RecordBatch, columns: list[Column]):
+        self.batch, self.columns = batch, columns
+        self._text: dict[int, pa.Array] = {}
+        self._json: dict[int, pa.Array] = {}
+
+    @property
+    def num_rows(self) -> int:
+        return self.batch.num_rows
+
+    def filter(self, mask: pa.Array) -> RenderedBatch:
+        """Only the rows where mask is true, keeping the text already computed."""
+        return self._derived(lambda array: pc.filter(array, mask))
+
+    def take(self, rows: list[int]) -> RenderedBatch:
+        indices = pa.array(rows, pa.int64())
+        return self._derived(lambda array: pc.take(array, indices))
+
+    def _derived(self, select) -> RenderedBatch:
+        batch = pa.RecordBatch.from_arrays([select(c) for c in self.batch.columns], schema=self.batch.schema)
+        derived = RenderedBatch(batch, self.columns)
+        derived._text = {i: select(a) for i, a in self._text.items()}
+        derived._json = {i: select(a) for i, a in self._json.items()}
+        return derived
+
+    def text(self, index: int) -> pa.Array:
+        """A string-typed column as plain text: strings, timestamps rendered, JSON as its source text."""
+        if index not in self._text:
+            array = self.batch.column(index)
+            is_timestamp = self.columns[index].kind == TIMESTAMP
+            self._text[index] = timestamp_text(array) if is_timestamp else _plain_strings(array)
+        return self._text[index]
+
+    def json(self, index: int) -> pa.Array:
+        """One column as JSON value text; null for nulls (the caller writes `null`)."""
+        if index not in self._json:
+            self._json[index] = self._render_json(index)
+        return self._json[index]
+
+    def _render_json(self, index: int) -> pa.Array:
+        kind = self.columns[index].kind
+        if kind in (STRING, TIMESTAMP):
+            return json_string(self.text(index))
+        if kind in (INTEGER, BOOLEAN, NUMBER):
+            return pc.cast(self.batch.column(index), pa.string())
+        if kind == JSON:
+            # The source's own JSON text, kept exactly; raw line breaks can only be whitespace
+            # between tokens in valid JSON, so a space keeps the value and the one-line format.
+            text = self.text(index)
+            if pc.any(pc.match_substring_regex(text, "[\n\r]")).as_py():
+                text = pc.replace_substring_regex(text, "[\n\r]", " ")
+            return text
+        if kind == STRING_LIST:
+            return string_list_json(self.batch.column(index))
+        raise ValueError(f"no JSON rendering for column kind {kind!r}")
+
+
+def string_list_json(array: pa.Array) -> pa.Array:
+    """list<string> as JSON array text: `["a","b"]`, `[]`; null lists stay null."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    items = json_string(pc.fill_null(array.flatten(), "")).cast(pa.string())
+    # Null items (schema violations, quarantined anyway) render as null like json.dumps would.
+    items = pc.if_else(pc.is_valid(array.flatten()), items, "null")
+    offsets = pc.subtract(array.offsets, array.offsets[0])
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, items), ",")
+    return pc.if_else(pc.is_valid(array), pc.binary_join_element_wise("[", joined, "]", ""),
+                      pa.scalar(None, pa.string()))
+
+
+def json_lines(rendered: RenderedBatch) -> pa.Array:
+    """One JSON object per row, keys in schema order, each ending with a newline."""
+    parts = []
+    for index, column in enumerate(rendered.columns):
+        key = ("{" if index == 0 else ",") + json_string(pa.array([column.name])).to_pylist()[0] + ":"
+        parts += [key, pc.fill_null(rendered.json(index), "null")]
+    parts.append("}\n")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def csv_batch(rendered: RenderedBatch) -> pa.RecordBatch:
+    """The columns as CSV cells: text neutralised against formulas, timestamps and lists as text."""
+    cells = []
+    for index, column in enumerate(rendered.columns):
+        if column.kind == STRING:
+            cells.append(neutralise_formulas(rendered.text(index)))
+        elif column.kind in (TIMESTAMP, JSON):
+            cells.append(rendered.text(index))
+        elif column.kind == STRING_LIST:
+            cells.append(rendered.json(index))
+        else:
+            cells.append(rendered.batch.column(index))
+    return pa.RecordBatch.from_arrays(cells, names=[c.name for c in rendered.columns])
+
+
+def neutralise_formulas(array: pa.Array) -> pa.Array:
+    """Prefix an apostrophe to cells a spreadsheet would run as a formula (OWASP CSV injection)."""
+    risky = pc.and_(pc.match_substring_regex(array, FORMULA_START),
+                    pc.invert(pc.match_substring_regex(array, PLAIN_NUMBER)))
+    risky = pc.fill_null(risky, False)
+    if not pc.any(risky).as_py():
+        return array
+    return pc.if_else(risky, pc.binary_join_element_wise("'", array, ""), array)
+
+
+def as_text(array: pa.Array) -> pa.Array:
+    """Plain UTF-8 strings: JSON (extension) columns as their text, for Parquet and readers."""
+    return _plain_strings(array)

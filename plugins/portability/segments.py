@@ -1,0 +1,96 @@
+"""Big text files built from independently deflated pieces, the technique pigz uses.
+
+Each piece of a file (a fixed range of rows) is compressed on its own and ends with a sync
+flush, which leaves the deflate stream byte-aligned and open. Pieces can therefore be
+compressed by different tasks in any order, and their concatenation, closed by one empty
+final block, is a single valid deflate stream: the ZIP entry of the whole file. The CRC-32
+of the whole file is combined from the pieces' CRCs, so nothing is compressed twice.
+
+Compression is ISA-L's deflate (python-isal), 5x faster than zlib's fastest level, output
+readable by any inflater. Its output depends only on the input (and the CPU family's code
+path), so the same rows give the same bytes however the pieces are spread over tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from isal import isal_zlib
+
+LEVEL = 2                  # ISA-L's level 2 is both faster and smaller than its level 1 on our text
+FINAL_BLOCK = b"\x03\x00"  # an empty, final, fixed-Huffman block: closes the concatenated stream
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One compressed piece: its raw length and CRC-32, and its compressed length."""
+
+    raw_bytes: int
+    crc32: int
+    deflated_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"raw_bytes": self.raw_bytes, "crc32": self.crc32, "deflated_bytes": self.deflated_bytes}
+
+
+class SegmentWriter:
+    """Deflates one piece into `sink`, keeping the raw length and CRC-32."""
+
+    def __init__(self, sink):
+        self._sink = sink
+        self._compressor = isal_zlib.compressobj(LEVEL, isal_zlib.DEFLATED, -15)
+        self._raw = self._deflated = self._crc = 0
+
+    def write(self, data) -> None:
+        if not len(data):
+            return
+        self._crc = isal_zlib.crc32(data, self._crc)
+        self._raw += len(data)
+        self._emit(self._compressor.compress(data))
+
+    def close(self) -> Segment:
+        self._emit(self._compressor.flush(isal_zlib.Z_SYNC_FLUSH))
+        return Segment(self._raw, self._crc, self._deflated)
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._sink.write(data)
+            self._deflated += len(data)
+
+
+def combine(segments: list[Segment]) -> Segment:
+    """The whole file's raw length, CRC-32 and compressed length (with the final block)."""
+    crc = raw = deflated = 0
+    for segment in segments:
+        crc = isal_zlib.crc32_combine(crc, segment.crc32, segment.raw_bytes)
+        raw += segment.raw_bytes
+        deflated += segment.deflated_bytes
+    return Segment(raw, crc, deflated + len(FINAL_BLOCK))
+
+
+class InflatingDigest:
+    """Inflates the compressed stream as it passes, for the file's SHA-256 and a CRC/length check."""
+
+    def __init__(self):
+        self._inflater = isal_zlib.decompressobj(-15)
+        self._sha256 = hashlib.sha256()
+        self._crc = self._raw = 0
+
+    def update(self, compressed: bytes) -> None:
+        data = self._inflater.decompress(compressed)
+        self._sha256.update(data)
+        self._crc = isal_zlib.crc32(data, self._crc)
+        self._raw += len(data)
+
+    def finish(self, expected: Segment) -> str:
+        """The SHA-256 of the raw file, after checking it is exactly the bytes the pieces reported."""
+        tail = self._inflater.flush()
+        if tail:
+            self.update(tail)
+        if (self._raw, self._crc) != (expected.raw_bytes, expected.crc32) or not self._inflater.eof:
+            raise ValueError(
+                f"staged pieces inflate to {self._raw} bytes with CRC {self._crc:08x}, but the pieces reported "
+                f"{expected.raw_bytes} bytes with CRC {expected.crc32:08x}: a staged object changed; rerun the export"
+            )
+        return self._sha256.hexdigest()
