@@ -490,14 +490,15 @@ def _weed_args(component: str, sw_dir: Path, ports: dict[str, int]) -> list[str]
             "master",
             *common,
             f"-port={ports['master']}",
-            "-volumeSizeLimitMB=64",
+            # Volumes are sparse files; big ones let a multi-gigabyte export (staging + archive) fit.
+            "-volumeSizeLimitMB=1024",
             # A single master resuming its Raft state otherwise waits ~16 s (default 10 s) to lead.
             "-electionTimeout=1s",
             "-telemetry=false",  # a local store must not report usage statistics
         ]
     if component == "volume":
         # No other volume server to hand over to: do not idle the default 10 s before stopping.
-        return ["volume", *common, f"-port={ports['volume']}", master, "-max=50", "-preStopSeconds=0"]
+        return ["volume", *common, f"-port={ports['volume']}", master, "-max=200", "-preStopSeconds=0"]
     return [
         "filer",
         *common,

@@ -72,8 +72,9 @@ def plan(conf: dict, export_id: str) -> dict:
 
 def take_snapshot(plan: dict) -> dict:
     """Read every requested category from one snapshot of the source into staged pieces."""
-    from portability import source
+    from portability import memory, source
 
+    memory.limit_retention()
     schemas, mapping = SchemaSet(), load_mapping()
     storage = config.storage_settings()
     store = ObjectStore(storage)
@@ -162,8 +163,10 @@ def shards(plan: dict, snapshot: dict, category: str) -> list[dict]:
 
 def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
     """Validate every record of a shard's pieces and write each piece of the requested text files."""
+    from portability import memory
     from portability.pieces import export_piece
 
+    memory.limit_retention()
     schemas = SchemaSet()
     store = ObjectStore(config.storage_settings())
     category = shard["category"]
@@ -230,8 +233,9 @@ def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> l
 
 def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
     """Zip the bag straight into the archive's multipart upload; it appears only when complete."""
-    from portability import packaging
+    from portability import memory, packaging
 
+    memory.limit_retention()
     schemas = SchemaSet()
     storage = config.storage_settings()
     store = ObjectStore(storage)

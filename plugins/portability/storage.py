@@ -68,10 +68,14 @@ def make_client(settings: StorageSettings, *, create_only: bool = False):
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(
+    # A stream is read part by part into memory; cap the parts held so that the several uploads
+    # an export runs at once stay within its memory budget (each holds at most ~3 parts).
+    config = TransferConfig(
         multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
-        max_concurrency=4, max_io_queue=8, use_threads=True,
+        max_concurrency=2, max_io_queue=4, use_threads=True,
     )
+    config.max_in_memory_upload_chunks = 2  # s3transfer's setting; boto3's constructor does not take it
+    return config
 
 
 class _QueueReader(io.RawIOBase):
@@ -94,9 +98,10 @@ class _QueueReader(io.RawIOBase):
                 self._done = True
             else:
                 self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data = bytes(self._buffer[:size])
+        if size < 0 or size >= len(self._buffer):
+            data, self._buffer = bytes(self._buffer), bytearray()
+            return data
+        data = bytes(memoryview(self._buffer)[:size])
         del self._buffer[:size]
         return data
 

@@ -1,0 +1,27 @@
+"""Keeping an export's resident memory flat on glibc.
+
+The export frees many large buffers (Arrow batches, upload parts) from several threads.
+glibc's defaults then keep the freed memory: its mmap threshold rises to the largest buffer
+freed so far, so later big buffers come from per-thread heaps that fragment and are never
+returned. A fixed threshold sends big buffers to mmap (given back to the system on free) and
+two arenas bound the heaps. This is what MALLOC_MMAP_THRESHOLD_ and MALLOC_ARENA_MAX do, set
+from inside the process so every way of running an export gets it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+from functools import cache
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+@cache
+def limit_retention(mmap_threshold: int = 256 * 1024, arenas: int = 2) -> bool:
+    """Apply the settings once per process; False where the C library is not glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_ARENA_MAX, arenas))
