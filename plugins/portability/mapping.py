@@ -24,9 +24,6 @@ class CategoryQuery:
     def ordered(self) -> str:
         return f"SELECT * FROM (\n{self.query.strip()}\n) AS category_rows ORDER BY {self.order_by}"
 
-    def counted(self) -> str:
-        return f"SELECT count(*) FROM (\n{self.query.strip()}\n) AS category_rows"
-
 
 def load_mapping(path: Path | None = None) -> dict[str, CategoryQuery]:
     path = path or config.mapping_path()

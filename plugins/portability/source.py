@@ -30,10 +30,11 @@ class SourceSnapshot:
             cursor.execute("SELECT now(), pg_export_snapshot()")
             self.snapshot_at, self._snapshot_id = cursor.fetchone()
 
-    def count(self, mapping: CategoryQuery, account_id: str) -> int:
+    def estimated_rows(self, mapping: CategoryQuery, account_id: str) -> float:
+        """The planner's estimate of a category's rows (no rows are read): to start the big ones first."""
         with self._conn.cursor() as cursor:
-            cursor.execute(mapping.counted(), {"account_id": account_id})
-            return cursor.fetchone()[0]
+            cursor.execute("EXPLAIN (FORMAT JSON) " + mapping.ordered(), {"account_id": account_id})
+            return float(cursor.fetchone()[0][0]["Plan"]["Plan Rows"])
 
     def _render(self, mapping: CategoryQuery, account_id: str) -> str:
         """The ordered query with the account id as a quoted literal: ADBC streams COPY only without parameters."""
