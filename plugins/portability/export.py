@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from portability import config
 from portability.mapping import load_mapping
@@ -70,8 +72,13 @@ def plan(conf: dict, export_id: str) -> dict:
             "piece_rows": config.piece_rows(), "shard_rows": config.shard_rows()}
 
 
-def take_snapshot(plan: dict) -> dict:
-    """Read every requested category from one snapshot of the source into staged pieces."""
+def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None = None) -> dict:
+    """Read every requested category from one snapshot of the source into staged pieces.
+
+    `on_piece(where, category, piece)` is told of each piece as soon as it is staged (`where`
+    has the bucket and snapshot instant), so that one process can export pieces while the
+    others are still being read.
+    """
     from portability import memory, source
 
     memory.limit_retention()
@@ -90,9 +97,12 @@ def take_snapshot(plan: dict) -> dict:
         estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan["categories"]}
         largest_first = sorted(plan["categories"], key=lambda c: -estimates[c])
 
+        where = {"bucket": bucket, "snapshot_at": snapshot_at}
+
         def stage(category: str) -> list[int]:
             with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
-                return _stage_pieces(store, bucket, plan, category, rows, snapshot_at)
+                staged = partial(on_piece, where, category) if on_piece else None
+                return _stage_pieces(store, bucket, plan, category, rows, snapshot_at, staged)
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
             pieces = dict(zip(largest_first, readers.map(stage, largest_first), strict=True))
@@ -104,7 +114,8 @@ def take_snapshot(plan: dict) -> dict:
             "pieces": {c: pieces[c] for c in plan["categories"]}}
 
 
-def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, rows, snapshot_at: str) -> list[int]:
+def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, rows, snapshot_at: str,
+                  staged: Callable[[int], None] | None) -> list[int]:
     """Write the category's rows as pieces of `piece_rows` rows (Arrow IPC, LZ4); returns each piece's rows.
 
     A category always has at least one piece, so every file gets its header even when empty.
@@ -114,24 +125,30 @@ def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, ro
     schema = rows.schema.with_metadata({"snapshot_at": snapshot_at})
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     piece_rows, sizes = plan["piece_rows"], []
-    with ExitStack() as stack:
-        writer = None
+    piece = ExitStack()
 
-        def next_piece():
-            stack.close()
-            upload = stack.enter_context(store.upload(bucket, _piece_key(plan["export_id"], category, len(sizes))))
-            sizes.append(0)
-            return stack.enter_context(pa.ipc.new_stream(upload, schema, options=options))
+    def start_piece():
+        upload = piece.enter_context(store.upload(bucket, _piece_key(plan["export_id"], category, len(sizes))))
+        sizes.append(0)
+        return piece.enter_context(pa.ipc.new_stream(upload, schema, options=options))
 
-        writer = next_piece()
+    def finish_piece():
+        piece.close()  # the upload completes here: the piece is staged
+        if staged:
+            staged(len(sizes) - 1)
+
+    with piece:
+        writer = start_piece()
         for batch in rows:
             while batch.num_rows:
                 if sizes[-1] == piece_rows:
-                    writer = next_piece()
+                    finish_piece()
+                    writer = start_piece()
                 take = min(batch.num_rows, piece_rows - sizes[-1])
                 writer.write_batch(batch.slice(0, take))
                 sizes[-1] += take
                 batch = batch.slice(take)
+        finish_piece()
     return sizes
 
 
@@ -179,7 +196,7 @@ def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
         ))
     exported = sum(r["exported"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
-    log.info("%s pieces %d-%d of %d: %d exported, %d quarantined", category, shard["first_piece"],
+    log.info("%s pieces %d-%d of %s: %d exported, %d quarantined", category, shard["first_piece"],
              shard["stop_piece"] - 1, shard["of_pieces"], exported, quarantined)
     return {"category": category, "pieces": results}
 
@@ -333,7 +350,7 @@ def presigned_link(store: ObjectStore, summary: dict, seconds: int) -> Link:
 def _shard_workers() -> int:
     import os
 
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -> tuple[dict, Link]:
@@ -341,11 +358,18 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
     current = plan(conf, export_id)
     snapshot = None
     try:
-        snapshot = take_snapshot(current)
-        work = [shard for category in current["categories"] for shard in shards(current, snapshot, category)]
-        # Shards are independent; Arrow, ISA-L and the uploads release the GIL, so threads use every core.
+        # In one process every piece is its own shard, exported as soon as it is staged, while the
+        # snapshot goes on reading; the archive is the same for any grouping. Arrow, ISA-L, libpq
+        # and the uploads release the GIL, so the threads share the cores.
         with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
-            shard_results = list(pool.map(lambda shard: export_shard(current, snapshot, shard), work))
+            exporting = []
+
+            def export_when_staged(where: dict, category: str, piece: int) -> None:
+                shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
+                exporting.append(pool.submit(export_shard, current, where, shard))
+
+            snapshot = take_snapshot(current, on_piece=export_when_staged)
+            shard_results = [future.result() for future in exporting]
         summary = package(current, snapshot, shard_results)
     finally:
         cleanup(current, snapshot)

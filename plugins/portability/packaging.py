@@ -14,6 +14,7 @@ import hashlib
 import json
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -26,6 +27,7 @@ from portability.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
 FORMAT_VERSION = "1.0"
 PARQUET_ROW_GROUP_ROWS = 128 * 1024
 _COPY_BYTES = 1024 * 1024
+_HASHERS = 2
 
 
 @dataclass(frozen=True)
@@ -161,18 +163,24 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
         info.external_attr = 0o644 << 16
         return info
 
+    def segments(category: str, pieces: list[dict], kind: str) -> list[tuple[Segment, Callable]]:
+        return [(Segment(**(p["errors"] if kind == "errors" else p["files"][kind])),
+                 partial(sources.open_segment, category, p["piece"], kind)) for p in pieces]
+
     described, payload = [], []
-    with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:
+    # The SHA-256 of a text file needs its raw bytes: hashers read and inflate the staged pieces
+    # again, on the other cores, while this thread copies the compressed bytes into the ZIP.
+    with zipfile.ZipFile(sink, "w", allowZip64=True) as archive, \
+            ThreadPoolExecutor(_HASHERS, thread_name_prefix="digest") as hashers:
         for result in results:
             category, pieces = result["category"], result["pieces"]
             files = []
             for fmt in plan["formats"]:
                 path = f"data/{category}.{fmt}"
                 if fmt in TEXT_FORMATS:
-                    size, sha256 = _write_segments(archive, entry(path, True), [
-                        (Segment(**p["files"][fmt]), partial(sources.open_segment, category, p["piece"], fmt))
-                        for p in pieces
-                    ])
+                    parts = segments(category, pieces, fmt)
+                    sha256 = hashers.submit(_digest, parts)
+                    size = _write_segments(archive, entry(path, True), parts)
                 else:
                     size, sha256 = _write_parquet(archive, entry(path, False), schemas, category, pieces, sources)
                 files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
@@ -180,15 +188,17 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
             with_errors = [p for p in pieces if p["errors"]]
             if with_errors:
                 path = f"data/errors/{category}.jsonl"
-                size, sha256 = _write_segments(archive, entry(path, True), [
-                    (Segment(**p["errors"]), partial(sources.open_segment, category, p["piece"], "errors"))
-                    for p in with_errors
-                ])
-                errors = {"path": path, "format": "jsonl", "bytes": size, "sha256": sha256}
+                parts = segments(category, with_errors, "errors")
+                sha256 = hashers.submit(_digest, parts)
+                errors = {"path": path, "format": "jsonl", "bytes": _write_segments(archive, entry(path, True), parts),
+                          "sha256": sha256}
             described.append({"category": category, "source_count": result["source_count"],
                               "exported": result["exported"], "quarantined": result["quarantined"],
                               "files": files, "errors": errors})
-            payload += [PayloadFile(f["path"], f["bytes"], f["sha256"]) for f in files]
+        for file in [f for r in described for f in r["files"]] + [r["errors"] for r in described if r["errors"]]:
+            if not isinstance(file["sha256"], str):
+                file["sha256"] = file["sha256"].result()
+        payload += [PayloadFile(f["path"], f["bytes"], f["sha256"]) for r in described for f in r["files"]]
         payload += [PayloadFile(r["errors"]["path"], r["errors"]["bytes"], r["errors"]["sha256"])
                     for r in described if r["errors"]]
         describing = describing_files(plan, snapshot, described, schemas)
@@ -199,8 +209,8 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
     return described
 
 
-def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list) -> tuple[int, str]:
-    """One deflated entry made of pre-compressed segments, copied as they are; returns (raw bytes, sha256).
+def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list) -> int:
+    """One deflated entry made of pre-compressed segments, copied as they are; returns the raw size.
 
     zipfile cannot take compressed data, so the entry is written the way zipfile writes one
     (its header and central-directory record come from zipfile itself) with the sizes and CRC
@@ -214,19 +224,26 @@ def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: l
     archive._writecheck(info)
     archive._didModify = True
     archive.fp.write(info.FileHeader(zip64))
-    digest = InflatingDigest()
     for _, open_segment in segments:
         stream = open_segment()
         while chunk := stream.read(_COPY_BYTES):
             archive.fp.write(chunk)
-            digest.update(chunk)
     archive.fp.write(FINAL_BLOCK)
-    digest.update(FINAL_BLOCK)
-    sha256 = digest.finish(total)
     archive.filelist.append(info)
     archive.NameToInfo[info.filename] = info
     archive.start_dir = archive.fp.tell()
-    return total.raw_bytes, sha256
+    return total.raw_bytes
+
+
+def _digest(segments: list) -> str:
+    """The SHA-256 of the raw file the segments make, after checking its length and CRC against the pieces'."""
+    digest = InflatingDigest()
+    for _, open_segment in segments:
+        stream = open_segment()
+        while chunk := stream.read(_COPY_BYTES):
+            digest.update(chunk)
+    digest.update(FINAL_BLOCK)
+    return digest.finish(combine([segment for segment, _ in segments]))
 
 
 class _Counting:
