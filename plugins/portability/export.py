@@ -27,7 +27,7 @@ from portability.mapping import load_mapping
 from portability.records import render_timestamp
 from portability.request import RequestError, parse_request
 from portability.schemas import SchemaSet
-from portability.storage import AlreadyPublished, ObjectStore, StorageError, key_token
+from portability.storage import ARCHIVE_PART_BYTES, AlreadyPublished, ObjectStore, StorageError, key_token
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
     )
     snapshot_at = datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00"))
     try:
-        with store.upload(bucket, key, content_type="application/zip", create_only=True) as upload:
+        with store.upload(bucket, key, content_type="application/zip", create_only=True,
+                          part_bytes=ARCHIVE_PART_BYTES) as upload:
             described = packaging.write_archive(
                 upload, plan=plan, snapshot=snapshot, results=results, schemas=schemas, sources=sources,
                 root=f"{account_id}-{export_id}", snapshot_at=snapshot_at, organization=config.organization_name(),

@@ -17,9 +17,10 @@ from contextlib import contextmanager, suppress
 
 from portability.config import StorageSettings
 
-PART_BYTES = 8 * 1024 * 1024
+PART_BYTES = 5 * 1024 * 1024          # S3's smallest part: staged pieces are bounded, so 10,000 parts suffice
+ARCHIVE_PART_BYTES = 16 * 1024 * 1024  # archives up to 160 GB within S3's 10,000 parts
 _CHUNK_BYTES = 1024 * 1024
-_QUEUE_CHUNKS = 8
+_QUEUE_CHUNKS = 4
 _EOF = object()
 _ABORT = object()
 
@@ -65,13 +66,13 @@ def make_client(settings: StorageSettings, *, create_only: bool = False):
     return client
 
 
-def _transfer_config():
+def _transfer_config(part_bytes: int):
     from boto3.s3.transfer import TransferConfig
 
     # A stream is read part by part into memory; cap the parts held so that the several uploads
     # an export runs at once stay within its memory budget (each holds at most ~3 parts).
     config = TransferConfig(
-        multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES,
+        multipart_threshold=part_bytes, multipart_chunksize=part_bytes,
         max_concurrency=2, max_io_queue=4, use_threads=True,
     )
     config.max_in_memory_upload_chunks = 2  # s3transfer's setting; boto3's constructor does not take it
@@ -109,21 +110,21 @@ class _QueueReader(io.RawIOBase):
 class UploadStream(io.RawIOBase):
     """A writable stream whose bytes become one object, counted and hashed on the way."""
 
-    def __init__(self, client, bucket: str, key: str, extra_args: dict):
+    def __init__(self, client, bucket: str, key: str, extra_args: dict, part_bytes: int = PART_BYTES):
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._pending = bytearray()
         self._error: BaseException | None = None
         self.bytes_written = 0
         self._sha256 = hashlib.sha256()
         self._thread = threading.Thread(
-            target=self._upload, args=(client, bucket, key, extra_args), name=f"upload:{key}", daemon=True
+            target=self._upload, args=(client, bucket, key, extra_args, part_bytes), name=f"upload:{key}", daemon=True
         )
         self._thread.start()
 
-    def _upload(self, client, bucket, key, extra_args):
+    def _upload(self, client, bucket, key, extra_args, part_bytes):
         try:
             client.upload_fileobj(
-                _QueueReader(self._chunks), bucket, key, ExtraArgs=extra_args, Config=_transfer_config()
+                _QueueReader(self._chunks), bucket, key, ExtraArgs=extra_args, Config=_transfer_config(part_bytes)
             )
         except BaseException as exc:  # handed to the writer thread, which raises it
             self._error = exc
@@ -220,10 +221,11 @@ class ObjectStore:
 
     @contextmanager
     def upload(self, bucket: str, key: str, *, content_type: str = "application/octet-stream",
-               create_only: bool = False) -> Iterator[UploadStream]:
+               create_only: bool = False, part_bytes: int = PART_BYTES) -> Iterator[UploadStream]:
         """Stream bytes into `bucket/key`; the object appears only if the block completes."""
         client = make_client(self.settings, create_only=True) if create_only else self.client
-        stream = UploadStream(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"})
+        stream = UploadStream(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"},
+                              part_bytes=part_bytes)
         try:
             yield stream
         except BaseException:
