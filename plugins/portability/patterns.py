@@ -13,6 +13,9 @@ import re
 import sys
 from functools import cache
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 # What sre tests for `\\s`, `\\d`, `\\w` on str patterns (Py_UNICODE_ISSPACE, ISDECIMAL, ISALNUM or '_').
 _CLASS_ESCAPES = {"s": str.isspace, "d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_"}
 _UNSUPPORTED_ESCAPES = set("bBZAG0123456789pPNuUx")  # anchors, backreferences, RE2-only or ambiguous escapes
@@ -48,7 +51,7 @@ def to_re2(pattern: str) -> str | None:
         return None
     if any(group in pattern for group in _UNSUPPORTED_GROUPS) or re.search(r"\(\?[aiLmsux-]", pattern):
         return None
-    out, in_class, i = [], False, 0
+    out, in_class, i, depth = [], False, 0, 0
     while i < len(pattern):
         char = pattern[i]
         if char == "\\":
@@ -90,12 +93,25 @@ def to_re2(pattern: str) -> str | None:
                 out.append(r"\]")
                 i += 1
         elif char == "$":
-            out.append(r"(?:\n?\z)")  # Python's $ also matches just before a final newline
+            # Python's $ also matches just before a final newline; consuming that newline is only
+            # exact when nothing may follow the $ (the end of the pattern or of a top-level branch).
+            rest = pattern[i + 1:]
+            if rest.lstrip(")") and not (depth == 0 and rest.startswith("|")):
+                return None
+            out.append(r"(?:\n?\z)")
+        elif char == "{" and pattern[i + 1:i + 2] == ",":
+            return None  # Python reads x{,n} as x{0,n}; RE2 reads it as literal text
         elif char == "." or char.isascii():
+            depth += {"(": 1, ")": -1}.get(char, 0)
             out.append(char)
         else:
             out.append(f"\\x{{{ord(char):x}}}")
         i += 1
     if in_class:
         return None
-    return "".join(out)
+    translated = "".join(out)
+    try:  # RE2 lacks some of Python's constructs (possessive quantifiers, atomic groups) and limits sizes
+        pc.match_substring_regex(pa.array([""], pa.string()), translated)
+    except pa.ArrowInvalid:
+        return None
+    return translated

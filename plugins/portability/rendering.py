@@ -8,6 +8,8 @@ can never disagree.
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -125,6 +127,8 @@ class RenderedBatch:
             # The source's own JSON text, kept exactly; raw line breaks can only be whitespace
             # between tokens in valid JSON, so a space keeps the value and the one-line format.
             text = self.text(index)
+            if not isinstance(self.batch.column(index).type, pa.JsonType):
+                text = _json_or_string(text)
             if pc.any(pc.match_substring_regex(text, "[\n\r]")).as_py():
                 text = pc.replace_substring_regex(text, "[\n\r]", " ")
             return text
@@ -133,17 +137,62 @@ class RenderedBatch:
         raise ValueError(f"no JSON rendering for column kind {kind!r}")
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str, **options):
+    """`json.loads` as the JSON standard has it: NaN and Infinity are refused, and nesting too deep
+    for Python's recursion is a ValueError like any other unreadable value, not a crash."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, **options)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
+def _json_or_string(text: pa.Array) -> pa.Array:
+    """Text not known to be JSON, with the values that do not parse as JSON strings of themselves.
+
+    Only quarantined records hold such values (the validator parses the same text the same way),
+    and their lines go to the errors file, which must stay JSON Lines.
+    """
+    def parses(value: str | None) -> bool:
+        if value is None:
+            return True
+        try:
+            parse_json(value)
+        except ValueError:
+            return False
+        return True
+
+    parsed = pa.array([parses(value) for value in text.to_pylist()], pa.bool_())
+    if pc.all(parsed).as_py():
+        return text
+    return pc.if_else(parsed, text, json_string(text))
+
+
 def string_list_json(array: pa.Array) -> pa.Array:
     """list<string> as JSON array text: `["a","b"]`, `[]`; null lists stay null."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    items = json_string(pc.fill_null(array.flatten(), "")).cast(pa.string())
+    values = list_items(array)
+    items = json_string(pc.fill_null(values, "")).cast(pa.string())
     # Null items (schema violations, quarantined anyway) render as null like json.dumps would.
-    items = pc.if_else(pc.is_valid(array.flatten()), items, "null")
+    items = pc.if_else(pc.is_valid(values), items, "null")
     offsets = pc.subtract(array.offsets, array.offsets[0])
     joined = pc.binary_join(pa.ListArray.from_arrays(offsets, items), ",")
     return pc.if_else(pc.is_valid(array), pc.binary_join_element_wise("[", joined, "]", ""),
                       pa.scalar(None, pa.string()))
+
+
+def list_items(array: pa.Array) -> pa.Array:
+    """Every item the offsets of a list array span, so that `offsets - offsets[0]` index them.
+
+    Not `flatten()`: it drops the items behind null lists (a null list may span items in valid
+    Arrow), which would shift the items of every later row.
+    """
+    start = array.offsets[0].as_py()
+    return array.values.slice(start, array.offsets[-1].as_py() - start)
 
 
 def json_lines(rendered: RenderedBatch) -> pa.Array:

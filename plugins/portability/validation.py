@@ -12,7 +12,6 @@ equivalence is proven by property-based tests (tests/unit/test_validation_equiva
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from portability.patterns import to_re2
-from portability.rendering import RenderedBatch
+from portability.rendering import RenderedBatch, list_items, parse_json
 from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST, TIMESTAMP, Column, SchemaSet
 
 _MESSAGE_LIMIT = 500
@@ -87,7 +86,8 @@ class BatchValidator:
     def problems(self, document: dict, bad_json: list[str] = ()) -> list[dict]:
         """Why the record breaks its schema, as {path, keyword, message}; empty when it is valid."""
         found = [
-            {"path": f"/{name}", "keyword": "json", "message": "the source value is not valid JSON"}
+            {"path": f"/{name}", "keyword": "json",
+             "message": "the source value is not valid JSON (or nests too deeply to check)"}
             for name in bad_json
         ]
         for error in self._full.iter_errors(document):
@@ -117,7 +117,7 @@ def documents(rendered: RenderedBatch, rows: list[int]) -> list[tuple[dict, list
             value = values[column.name][position]
             if column.kind == JSON and value is not None:
                 try:
-                    value = json.loads(value, parse_float=Decimal)
+                    value = parse_json(value, parse_float=Decimal)
                 except ValueError:
                     bad_json.append(column.name)
             document[column.name] = value
@@ -317,7 +317,7 @@ def _list_checks(prop: dict, schemas: SchemaSet, base: dict) -> list[Check]:
 
         def items_check(rendered: RenderedBatch, index: int) -> pa.Array:
             lists = rendered.batch.column(index)
-            flat = lists.flatten()
+            flat = list_items(lists)  # aligned with list_parent_indices, which also counts null lists' items
             item_column = Column("item", STRING, True)
             item_batch = RenderedBatch(pa.RecordBatch.from_arrays([flat], names=["item"]), [item_column])
             bad_items = pc.invert(pc.fill_null(item_check(item_batch, 0), False))
