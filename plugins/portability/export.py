@@ -369,8 +369,12 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
                 shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
                 exporting.append(pool.submit(export_shard, current, where, shard))
 
-            snapshot = take_snapshot(current, on_piece=export_when_staged)
-            shard_results = [future.result() for future in exporting]
+            try:
+                snapshot = take_snapshot(current, on_piece=export_when_staged)
+                shard_results = [future.result() for future in exporting]
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
+                raise
         summary = package(current, snapshot, shard_results)
     finally:
         cleanup(current, snapshot)
