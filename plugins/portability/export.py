@@ -177,14 +177,17 @@ def shards(plan: dict, snapshot: dict, category: str) -> list[dict]:
     ]
 
 
-def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
-    """Validate every record of a shard's pieces and write each piece of the requested text files."""
+def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | None = None) -> dict:
+    """Validate every record of a shard's pieces and write each piece of the requested text files.
+
+    A process running many shards passes one `store`: each S3 client costs about a megabyte.
+    """
     from portability import memory
     from portability.pieces import export_piece
 
     memory.limit_retention()
     schemas = SchemaSet()
-    store = ObjectStore(config.storage_settings())
+    store = store or ObjectStore(config.storage_settings())
     category = shard["category"]
     results = []
     for piece in range(shard["first_piece"], shard["stop_piece"]):
@@ -362,12 +365,13 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
         # In one process every piece is its own shard, exported as soon as it is staged, while the
         # snapshot goes on reading; the archive is the same for any grouping. Arrow, ISA-L, libpq
         # and the uploads release the GIL, so the threads share the cores.
+        store = ObjectStore(config.storage_settings())
         with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
             exporting = []
 
             def export_when_staged(where: dict, category: str, piece: int) -> None:
                 shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
-                exporting.append(pool.submit(export_shard, current, where, shard))
+                exporting.append(pool.submit(export_shard, current, where, shard, store))
 
             try:
                 snapshot = take_snapshot(current, on_piece=export_when_staged)
@@ -378,6 +382,5 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
         summary = package(current, snapshot, shard_results)
     finally:
         cleanup(current, snapshot)
-    store = ObjectStore(config.storage_settings())
     seconds = link_seconds if link_seconds is not None else current["expires_in_hours"] * 3600
     return summary, presigned_link(store, summary, seconds)
