@@ -271,7 +271,7 @@ def _write_parquet(archive: zipfile.ZipFile, info: zipfile.ZipInfo, schemas: Sch
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from portability.rendering import as_text
+    from portability.rendering import unwrapped
 
     schema = arrow_schema(schemas.columns(category), staged=False)
     with archive.open(info, "w", force_zip64=True) as target:
@@ -287,7 +287,7 @@ def _write_parquet(archive: zipfile.ZipFile, info: zipfile.ZipInfo, schemas: Sch
                 if invalid:
                     kept = batch.filter(valid_mask(piece["rows"], invalid).slice(offset, batch.num_rows))
                 offset += batch.num_rows
-                pending.append(pa.RecordBatch.from_arrays([as_text(c) for c in kept.columns], schema=schema))
+                pending.append(pa.RecordBatch.from_arrays([unwrapped(c) for c in kept.columns], schema=schema))
                 pending_rows += kept.num_rows
                 while pending_rows >= PARQUET_ROW_GROUP_ROWS:
                     table = pa.Table.from_batches(pending, schema)

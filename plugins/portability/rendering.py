@@ -52,7 +52,7 @@ def timestamp_text(array: pa.Array) -> pa.Array:
 
 def json_string(array: pa.Array) -> pa.Array:
     """Each string as a JSON string literal (quotes included), exactly as `json.dumps(ensure_ascii=False)`."""
-    array = _plain_strings(array)
+    array = unwrapped(array)
     needs = pc.fill_null(pc.match_substring_regex(array, _NEEDS_ESCAPE), False)
     if pc.any(needs).as_py():
         escaped = pc.filter(array, needs)
@@ -68,7 +68,8 @@ def json_string(array: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise('"', array, '"', "")
 
 
-def _plain_strings(array: pa.Array) -> pa.Array:
+def unwrapped(array: pa.Array) -> pa.Array:
+    """One plain array: an extension array (arrow.json) as its storage, chunks combined."""
     if isinstance(array.type, pa.BaseExtensionType):
         array = array.storage
     if isinstance(array, pa.ChunkedArray):
@@ -108,7 +109,7 @@ class RenderedBatch:
         if index not in self._text:
             array = self.batch.column(index)
             is_timestamp = self.columns[index].kind == TIMESTAMP
-            self._text[index] = timestamp_text(array) if is_timestamp else _plain_strings(array)
+            self._text[index] = timestamp_text(array) if is_timestamp else unwrapped(array)
         return self._text[index]
 
     def json(self, index: int) -> pa.Array:
@@ -229,7 +230,3 @@ def neutralise_formulas(array: pa.Array) -> pa.Array:
         return array
     return pc.if_else(risky, pc.binary_join_element_wise("'", array, ""), array)
 
-
-def as_text(array: pa.Array) -> pa.Array:
-    """Plain UTF-8 strings: JSON (extension) columns as their text, for Parquet and readers."""
-    return _plain_strings(array)
