@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -79,12 +79,44 @@ def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None 
     has the bucket and snapshot instant), so that one process can export pieces while the
     others are still being read.
     """
+    store = ObjectStore(config.storage_settings())
+
+    def stage(where: dict, category: str, rows) -> list[int]:
+        staged = partial(on_piece, where, category) if on_piece else None
+        return _stage_pieces(store, where["bucket"], plan, category, rows, where["snapshot_at"], staged)
+
+    return _read_snapshot(plan, stage)
+
+
+def export_from_source(plan: dict, store: ObjectStore) -> tuple[dict, list[dict]]:
+    """Read and export every requested category in one pass, nothing staged but the output: the command's path.
+
+    Each category's pieces are validated and written in key order as they are read, so each
+    file's SHA-256 is taken on the way and packaging need not read the pieces back to hash them.
+    The segments are the same bytes as the staged route's, so the archive is too. Parquet is
+    assembled from staged rows, so a request for it takes `take_snapshot` instead.
+    Returns the snapshot and one shard result per category.
+    """
+    exported: dict[str, dict] = {}
+
+    def export(where: dict, category: str, rows) -> list[int]:
+        exported[category] = _export_category(plan, where, category, rows, store)
+        return [piece["rows"] for piece in exported[category]["pieces"]]
+
+    snapshot = _read_snapshot(plan, export)
+    return snapshot, [exported[category] for category in plan["categories"]]
+
+
+def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list[int]]) -> dict:
+    """Open one snapshot and hand each requested category's rows to `read_category`, which returns its piece sizes.
+
+    Categories are read on `_READERS` threads, the biggest first, each from its own connection.
+    """
     from portability import memory, source
 
     memory.limit_retention()
     schemas, mapping = SchemaSet(), load_mapping()
     storage = config.storage_settings()
-    store = ObjectStore(storage)
     account_id = plan["account_id"]
     missing = [c for c in ["account", *plan["categories"]] if c not in mapping]
     if missing:
@@ -92,64 +124,140 @@ def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None 
 
     with source.snapshot(config.source_settings().conninfo) as snap:
         account = _account(snap, mapping["account"], schemas, account_id)
-        bucket = storage.bucket_for(account["region"])
-        snapshot_at = _render(snap.snapshot_at)
+        where = {"bucket": storage.bucket_for(account["region"]), "snapshot_at": _render(snap.snapshot_at)}
         estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan["categories"]}
         largest_first = sorted(plan["categories"], key=lambda c: -estimates[c])
 
-        where = {"bucket": bucket, "snapshot_at": snapshot_at}
-
-        def stage(category: str) -> list[int]:
+        def read(category: str) -> list[int]:
             with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
-                staged = partial(on_piece, where, category) if on_piece else None
-                return _stage_pieces(store, bucket, plan, category, rows, snapshot_at, staged)
+                return read_category(where, category, rows)
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
-            pieces = dict(zip(largest_first, readers.map(stage, largest_first), strict=True))
+            pieces = dict(zip(largest_first, readers.map(read, largest_first), strict=True))
     # The source count is what the snapshot holds: every row the category's query returns in it.
     counts = {category: sum(pieces[category]) for category in plan["categories"]}
     for category in plan["categories"]:
         log.info("snapshot of %s: %d rows in %d pieces", category, counts[category], len(pieces[category]))
-    return {"snapshot_at": snapshot_at, "region": account["region"], "bucket": bucket, "source_counts": counts,
+    return {**where, "region": account["region"], "source_counts": counts,
             "pieces": {c: pieces[c] for c in plan["categories"]}}
+
+
+def cut_pieces(rows, piece_rows: int) -> Iterator[tuple[int, Iterator]]:
+    """A category's batches cut, in order, into pieces of `piece_rows` rows: (index, the piece's batches).
+
+    Each piece must be read to its end before the next is taken. There is always a first piece,
+    empty for an empty category, so that every file gets its header.
+    """
+    batches = (batch for batch in rows if batch.num_rows)
+    pending = next(batches, None)  # the rows read from the source but not yet given to a piece
+
+    def piece() -> Iterator:
+        nonlocal pending
+        wanted = piece_rows
+        while wanted and pending is not None:
+            take = min(wanted, pending.num_rows)
+            yield pending.slice(0, take)
+            wanted -= take
+            pending = pending.slice(take) if take < pending.num_rows else next(batches, None)
+
+    index = 0
+    while True:
+        yield index, piece()
+        index += 1
+        if pending is None:
+            return
 
 
 def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, rows, snapshot_at: str,
                   staged: Callable[[int], None] | None) -> list[int]:
-    """Write the category's rows as pieces of `piece_rows` rows (Arrow IPC, LZ4); returns each piece's rows.
-
-    A category always has at least one piece, so every file gets its header even when empty.
-    """
+    """Write the category's rows as staged pieces (Arrow IPC, LZ4); returns each piece's rows."""
     import pyarrow as pa
 
     schema = rows.schema.with_metadata({"snapshot_at": snapshot_at})
     options = pa.ipc.IpcWriteOptions(compression="lz4")
-    piece_rows, sizes = plan["piece_rows"], []
-    piece = ExitStack()
-
-    def start_piece():
-        upload = piece.enter_context(store.upload(bucket, _piece_key(plan["export_id"], category, len(sizes))))
+    sizes = []
+    for piece, batches in cut_pieces(rows, plan["piece_rows"]):
         sizes.append(0)
-        return piece.enter_context(pa.ipc.new_stream(upload, schema, options=options))
-
-    def finish_piece():
-        piece.close()  # the upload completes here: the piece is staged
-        if staged:
-            staged(len(sizes) - 1)
-
-    with piece:
-        writer = start_piece()
-        for batch in rows:
-            while batch.num_rows:
-                if sizes[-1] == piece_rows:
-                    finish_piece()
-                    writer = start_piece()
-                take = min(batch.num_rows, piece_rows - sizes[-1])
-                writer.write_batch(batch.slice(0, take))
-                sizes[-1] += take
-                batch = batch.slice(take)
-        finish_piece()
+        key = _piece_key(plan["export_id"], category, piece)
+        with store.upload(bucket, key) as upload, pa.ipc.new_stream(upload, schema, options=options) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                sizes[-1] += batch.num_rows
+        if staged:  # the upload is complete: the piece is staged
+            staged(piece)
     return sizes
+
+
+def _export_category(plan: dict, where: dict, category: str, rows, store: ObjectStore) -> dict:
+    """Export a category's pieces in order straight from the source; a shard result with each file's SHA-256."""
+    import hashlib
+
+    from portability.pieces import TEXT_FORMATS, export_piece
+
+    schemas = SchemaSet()
+    kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
+    running = {kind: hashlib.sha256() for kind in kinds}  # each file's bytes pass here in order
+    pieces = []
+    with _prefetched(rows) as batches:
+        for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
+            pieces.append(export_piece(
+                plan, category, piece, piece_batches, schemas, store=store, bucket=where["bucket"],
+                segment_key=lambda kind, piece=piece: _segment_key(plan["export_id"], category, piece, kind),
+                invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
+            ))
+            log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1]["exported"],
+                     pieces[-1]["quarantined"])
+    if not any(p["errors"] for p in pieces):
+        del running["errors"]
+    return {"category": category, "pieces": pieces,
+            "sha256": {kind: digest.hexdigest() for kind, digest in running.items()}}
+
+
+@contextmanager
+def _prefetched(rows, depth: int = 3) -> Iterator[Iterator]:
+    """`rows` read ahead on a thread, so PostgreSQL produces the next batches while this one is exported."""
+    import queue
+    import threading
+
+    batches: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def read() -> None:
+        try:
+            for batch in rows:
+                while not stop.is_set():
+                    try:
+                        batches.put(batch, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            batches.put((end, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            batches.put((end, exc))
+
+    def consume() -> Iterator:
+        while True:
+            item = batches.get()
+            if isinstance(item, tuple) and item[0] is end:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+
+    reader = threading.Thread(target=read, name="prefetch", daemon=True)
+    reader.start()
+    try:
+        yield consume()
+    finally:
+        # The source stream must not be read after its reader closes: stop and wait for the thread.
+        stop.set()
+        while reader.is_alive():
+            with suppress(queue.Empty):
+                batches.get(timeout=0.2)
+        reader.join()
 
 
 def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:
@@ -228,6 +336,8 @@ def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, 
 def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> list[dict]:
     """One result per requested category, its pieces in order; refuses a missing or doubled piece."""
     by_category: dict[str, dict[int, dict]] = {c: {} for c in plan["categories"]}
+    # A file's SHA-256 is known only from a shard that wrote the whole category in order.
+    known_sha256 = {shard["category"]: shard["sha256"] for shard in shard_results if "sha256" in shard}
     for shard in shard_results:
         for piece in shard["pieces"]:
             if piece["piece"] in by_category[shard["category"]]:
@@ -246,7 +356,8 @@ def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> l
             raise ExportError(f"{category}: exported {exported} + quarantined {quarantined} != source "
                               f"{snapshot['source_counts'][category]}")
         results.append({"category": category, "source_count": snapshot["source_counts"][category],
-                        "exported": exported, "quarantined": quarantined, "pieces": ordered})
+                        "exported": exported, "quarantined": quarantined, "pieces": ordered,
+                        "sha256": known_sha256.get(category, {})})
     return results
 
 
@@ -366,6 +477,9 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
         # snapshot goes on reading; the archive is the same for any grouping. Arrow, ISA-L, libpq
         # and the uploads release the GIL, so the threads share the cores.
         store = ObjectStore(config.storage_settings())
+        if "parquet" not in current["formats"]:
+            snapshot, shard_results = export_from_source(current, store)
+            return _publish(current, snapshot, shard_results, store, link_seconds)
         with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
             exporting = []
 
@@ -379,8 +493,13 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
                 raise
-        summary = package(current, snapshot, shard_results)
+        return _publish(current, snapshot, shard_results, store, link_seconds)
     finally:
         cleanup(current, snapshot)
-    seconds = link_seconds if link_seconds is not None else current["expires_in_hours"] * 3600
+
+
+def _publish(plan: dict, snapshot: dict, shard_results: list[dict], store: ObjectStore,
+             link_seconds: int | None) -> tuple[dict, Link]:
+    summary = package(plan, snapshot, shard_results)
+    seconds = link_seconds if link_seconds is not None else plan["expires_in_hours"] * 3600
     return summary, presigned_link(store, summary, seconds)

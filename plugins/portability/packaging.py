@@ -168,8 +168,9 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                  partial(sources.open_segment, category, p["piece"], kind)) for p in pieces]
 
     described, payload = [], []
-    # The SHA-256 of a text file needs its raw bytes: hashers read and inflate the staged pieces
-    # again, on the other cores, while this thread copies the compressed bytes into the ZIP.
+    # The SHA-256 of a text file needs its raw bytes. Unless the export hashed them in order as it
+    # wrote them, hashers read and inflate the staged pieces again, on the other cores, while this
+    # thread copies the compressed bytes into the ZIP.
     with zipfile.ZipFile(sink, "w", allowZip64=True) as archive, \
             ThreadPoolExecutor(_HASHERS, thread_name_prefix="digest") as hashers:
         for result in results:
@@ -179,7 +180,7 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                 path = f"data/{category}.{fmt}"
                 if fmt in TEXT_FORMATS:
                     parts = segments(category, pieces, fmt)
-                    sha256 = hashers.submit(_digest, parts)
+                    sha256 = result["sha256"].get(fmt) or hashers.submit(_digest, parts)
                     size = _write_segments(archive, entry(path, True), parts)
                 else:
                     size, sha256 = _write_parquet(archive, entry(path, False), schemas, category, pieces, sources)
@@ -189,7 +190,7 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
             if with_errors:
                 path = f"data/errors/{category}.jsonl"
                 parts = segments(category, with_errors, "errors")
-                sha256 = hashers.submit(_digest, parts)
+                sha256 = result["sha256"].get("errors") or hashers.submit(_digest, parts)
                 errors = {"path": path, "format": "jsonl", "bytes": _write_segments(archive, entry(path, True), parts),
                           "sha256": sha256}
             described.append({"category": category, "source_count": result["source_count"],
@@ -224,10 +225,14 @@ def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: l
     archive._writecheck(info)
     archive._didModify = True
     archive.fp.write(info.FileHeader(zip64))
-    for _, open_segment in segments:
-        stream = open_segment()
+    for segment, open_segment in segments:
+        stream, copied = open_segment(), 0
         while chunk := stream.read(_COPY_BYTES):
             archive.fp.write(chunk)
+            copied += len(chunk)
+        if copied != segment.deflated_bytes:
+            raise ValueError(f"a staged piece of {info.filename} holds {copied} bytes, not the "
+                             f"{segment.deflated_bytes} its export wrote: a staged object changed; rerun the export")
     archive.fp.write(FINAL_BLOCK)
     archive.filelist.append(info)
     archive.NameToInfo[info.filename] = info

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from portability.rendering import RenderedBatch, csv_batch, json_lines
+from portability.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.schemas import SchemaSet
 from portability.segments import SegmentWriter
 from portability.validation import BatchValidator, InvalidRecords
@@ -41,26 +41,21 @@ def _csv_rows(rendered: RenderedBatch) -> bytes:
     return sink.getvalue()
 
 
-def _text_bytes(lines: pa.Array):
-    """The concatenated text of a string array, without copying it into Python objects."""
-    import numpy as np
-
-    if not len(lines):
-        return b""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=lines.offset * 4)
-    return memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]]
-
-
 def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
-                 segment_key: Callable[[str], str], invalid_rows_key: str) -> dict:
+                 segment_key: Callable[[str], str], invalid_rows_key: str, running: dict | None = None) -> dict:
+    """Validate a piece's batches and write its segment of each text file.
+
+    `running` hashes, by kind (a format or 'errors'), are updated with the raw bytes written.
+    """
     validator = BatchValidator(schemas, category)
     columns = validator.columns
     formats = [f for f in plan["formats"] if f in TEXT_FORMATS]
     rows = exported = 0
+    running = running or {}
     invalid_rows: list[int] = []
     with ExitStack() as stack:
         writers = {
-            fmt: SegmentWriter(stack.enter_context(store.upload(bucket, segment_key(fmt))))
+            fmt: SegmentWriter(stack.enter_context(store.upload(bucket, segment_key(fmt))), running.get(fmt))
             for fmt in formats
         }
         errors = None
@@ -75,7 +70,8 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
                     raise InvalidRecords(_invalid_message(category, piece * plan["piece_rows"] + rows + row,
                                                           rendered, row, verdict.problems[row]))
                 if errors is None:
-                    errors = SegmentWriter(stack.enter_context(store.upload(bucket, segment_key("errors"))))
+                    errors = SegmentWriter(stack.enter_context(store.upload(bucket, segment_key("errors"))),
+                                           running.get("errors"))
                 errors.write(_error_lines(rendered, verdict.problems))
                 invalid_rows += [rows + row for row in sorted(verdict.problems)]
                 rendered = rendered.filter(verdict.valid)
@@ -83,7 +79,7 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
                 if "csv" in writers:
                     writers["csv"].write(_csv_rows(rendered))
                 if "jsonl" in writers:
-                    writers["jsonl"].write(_text_bytes(json_lines(rendered)))
+                    writers["jsonl"].write(text_bytes(json_lines(rendered)))
             rows += batch.num_rows
             exported += rendered.num_rows
         segments = {fmt: writer.close().to_dict() for fmt, writer in writers.items()}

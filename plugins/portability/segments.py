@@ -35,10 +35,11 @@ class Segment:
 
 
 class SegmentWriter:
-    """Deflates one piece into `sink`, keeping the raw length and CRC-32."""
+    """Deflates one piece into `sink`, keeping the raw length and CRC-32 (and updating `running`, a hash, if given)."""
 
-    def __init__(self, sink):
+    def __init__(self, sink, running=None):
         self._sink = sink
+        self._running = running
         self._compressor = isal_zlib.compressobj(LEVEL, isal_zlib.DEFLATED, -15)
         self._raw = self._deflated = self._crc = 0
 
@@ -47,6 +48,8 @@ class SegmentWriter:
             return
         self._crc = isal_zlib.crc32(data, self._crc)
         self._raw += len(data)
+        if self._running is not None:
+            self._running.update(data)
         self._emit(self._compressor.compress(data))
 
     def close(self) -> Segment:

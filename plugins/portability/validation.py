@@ -66,9 +66,9 @@ class BatchValidator:
     def check(self, rendered: RenderedBatch) -> Verdict:
         rows = rendered.num_rows
         if not self._record_is_flat:
-            surely_valid = pa.array([False] * rows, pa.bool_())
+            surely_valid = pa.repeat(pa.scalar(False, pa.bool_()), rows)
         else:
-            surely_valid = pa.array([True] * rows, pa.bool_())
+            surely_valid = pa.repeat(pa.scalar(True, pa.bool_()), rows)
             for index, check in enumerate(self._checks):
                 surely_valid = pc.and_(surely_valid, pc.fill_null(check(rendered, index), False))
         suspects = pc.indices_nonzero(pc.invert(surely_valid)).to_pylist()
@@ -80,7 +80,7 @@ class BatchValidator:
             if found:
                 problems[row] = found
         valid = pa.array([row not in problems for row in range(rows)], pa.bool_()) if problems else (
-            pa.array([True] * rows, pa.bool_()))
+            pa.repeat(pa.scalar(True, pa.bool_()), rows))
         return Verdict(valid, problems, len(suspects))
 
     def problems(self, document: dict, bad_json: list[str] = ()) -> list[dict]:
@@ -166,13 +166,13 @@ def _compile(column: Column, prop: dict, schemas: SchemaSet, base: dict) -> Chec
 
 
 def _nothing_is_sure(rendered: RenderedBatch, index: int) -> pa.Array:
-    return pa.array([False] * rendered.num_rows, pa.bool_())
+    return pa.repeat(pa.scalar(False, pa.bool_()), rendered.num_rows)
 
 
 def _combine(value_checks: list[Check], null_ok: bool) -> Check:
     def check(rendered: RenderedBatch, index: int) -> pa.Array:
         array = rendered.batch.column(index)
-        ok = pc.is_valid(array) if not null_ok else pa.array([True] * len(array), pa.bool_())
+        ok = pc.is_valid(array) if not null_ok else pa.repeat(pa.scalar(True, pa.bool_()), len(array))
         present = pc.is_valid(array)
         for value_check in value_checks:
             # Keywords apply to present values only; a null passes them and is judged by null_ok.
@@ -212,7 +212,7 @@ def _type_check(column: Column, types: set[str]) -> Check:
 
 def _constant(value: bool) -> Check:
     def check(rendered: RenderedBatch, index: int) -> pa.Array:
-        return pa.array([value] * rendered.num_rows, pa.bool_())
+        return pa.repeat(pa.scalar(value, pa.bool_()), rendered.num_rows)
 
     return check
 
