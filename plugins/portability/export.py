@@ -434,10 +434,14 @@ class Link:
     key: str
 
 
-def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
-    """The published archive of an export, in whichever region's bucket holds it."""
+def check_export_id(export_id: str) -> None:
     if not _EXPORT_ID.fullmatch(export_id or ""):
         raise RequestError(f"invalid export id {export_id[:80]!r}: expected a UUID such as the one 'export' printed")
+
+
+def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
+    """The published archive of an export, in whichever region's bucket holds it."""
+    check_export_id(export_id)
     storage = config.storage_settings()
     store = ObjectStore(storage)
     for bucket in sorted(set(storage.buckets.values())):
@@ -445,14 +449,6 @@ def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
             if key.endswith(".zip"):
                 return store, _published_summary(store, bucket, key)
     raise ExportError(f"no archive found for export {export_id}: it was never published, or it has expired")
-
-
-def mint_link(export_id: str, expires_in_hours: int = 72) -> Link:
-    """A fresh presigned link to a published archive, without rebuilding it."""
-    if not isinstance(expires_in_hours, int) or not 1 <= expires_in_hours <= MAX_LINK_HOURS:
-        raise RequestError(f"expires_in_hours must be an integer from 1 to {MAX_LINK_HOURS}")
-    store, summary = find_archive(export_id)
-    return presigned_link(store, summary, expires_in_hours * 3600)
 
 
 def presigned_link(store: ObjectStore, summary: dict, seconds: int) -> Link:
@@ -468,18 +464,18 @@ def _shard_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -> tuple[dict, Link]:
-    """The whole export in this process (the command's path); returns the summary and a fresh link."""
+def run_export(conf: dict, export_id: str) -> dict:
+    """The whole export in this process (the command's path); returns the package summary."""
     current = plan(conf, export_id)
     snapshot = None
     try:
-        # In one process every piece is its own shard, exported as soon as it is staged, while the
-        # snapshot goes on reading; the archive is the same for any grouping. Arrow, ISA-L, libpq
-        # and the uploads release the GIL, so the threads share the cores.
         store = ObjectStore(config.storage_settings())
         if "parquet" not in current["formats"]:
             snapshot, shard_results = export_from_source(current, store)
-            return _publish(current, snapshot, shard_results, store, link_seconds)
+            return package(current, snapshot, shard_results)
+        # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
+        # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
+        # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.
         with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
             exporting = []
 
@@ -493,13 +489,6 @@ def run_export(conf: dict, export_id: str, *, link_seconds: int | None = None) -
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
                 raise
-        return _publish(current, snapshot, shard_results, store, link_seconds)
+        return package(current, snapshot, shard_results)
     finally:
         cleanup(current, snapshot)
-
-
-def _publish(plan: dict, snapshot: dict, shard_results: list[dict], store: ObjectStore,
-             link_seconds: int | None) -> tuple[dict, Link]:
-    summary = package(plan, snapshot, shard_results)
-    seconds = link_seconds if link_seconds is not None else plan["expires_in_hours"] * 3600
-    return summary, presigned_link(store, summary, seconds)

@@ -26,11 +26,22 @@ class ExportRequest:
     formats: tuple[str, ...]
     expires_in_hours: int
     on_invalid: str
+    # Who asked and where to tell them: kept in the request ledger, never in the plan (nor in XCom).
+    requested_by: str | None = None
+    notify_email: str | None = None
+    webhook_url: str | None = None
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """The export's options: what the archive depends on."""
+        data = {k: v for k, v in asdict(self).items() if k not in REQUESTER_FIELDS}
         data["categories"], data["formats"] = list(self.categories), list(self.formats)
         return data
+
+    def requester(self) -> dict:
+        return {name: getattr(self, name) for name in REQUESTER_FIELDS}
+
+
+REQUESTER_FIELDS = ("requested_by", "notify_email", "webhook_url")
 
 
 def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
@@ -58,6 +69,7 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
         formats=tuple(f for f in properties["formats"]["items"]["enum"] if f in merged["formats"]),
         expires_in_hours=merged["expires_in_hours"],
         on_invalid=merged["on_invalid"],
+        **{name: merged[name] for name in REQUESTER_FIELDS},
     )
 
 
@@ -111,5 +123,10 @@ def dag_params(schemas: SchemaSet) -> dict:
         keywords = {k: v for k, v in prop.items() if k != "default"}
         if prop.get("type") == "array" and "enum" in prop.get("items", {}):
             keywords["examples"] = prop["items"]["enum"]  # the trigger form renders a multi-select
-        params[name] = Param(prop.get("default"), **keywords) if "default" in prop else Param(**keywords)
+        if "default" in prop:
+            params[name] = Param(prop["default"], **keywords)
+        elif name in schemas.request.get("required", []):
+            params[name] = Param(**keywords)
+        else:  # optional without a default (who to notify): the form may leave it empty
+            params[name] = Param(None, **{**keywords, "type": ["null", keywords["type"]]})
     return params

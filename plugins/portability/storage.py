@@ -278,6 +278,13 @@ class ObjectStore:
         self.client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
         return len(objects)
 
+    def set_expiry_rules(self, bucket: str, days_by_prefix: dict[str, int]) -> list[dict]:
+        """Lifecycle rules that delete objects under each prefix after so many days; returns the rules set."""
+        rules = [{"ID": f"portability-expire-{prefix.strip('/')}", "Filter": {"Prefix": prefix}, "Status": "Enabled",
+                  "Expiration": {"Days": days}} for prefix, days in sorted(days_by_prefix.items())]
+        self.client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+        return self.client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+
     def presigned_get(self, bucket: str, key: str, *, expires_in_seconds: int, filename: str) -> str:
         """A bearer link to download one object. Never log or store the result."""
         url = self.client.generate_presigned_url(

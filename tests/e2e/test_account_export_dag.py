@@ -35,7 +35,7 @@ def export_id_of(run: dict) -> str:
 
 
 def test_dag_publishes_a_verified_archive(seeded, run_dag, store, db, tmp_path):
-    from portability import export
+    from portability import export, service
 
     run = run_dag({"account_id": "e2e-00001", "formats": ["csv", "jsonl", "parquet"]})
     assert run["state"] == "success", run["output"][-4000:]
@@ -43,7 +43,7 @@ def test_dag_publishes_a_verified_archive(seeded, run_dag, store, db, tmp_path):
     export_id = export_id_of(run)
     assert "X-Amz-Signature" not in run["output"]  # no link in any task log
 
-    link = export.mint_link(export_id, 1)
+    link = service.link(export_id, 1)
     with urllib.request.urlopen(link.url, timeout=60) as response:
         data = response.read()
     (tmp_path / "a.zip").write_bytes(data)

@@ -97,7 +97,7 @@ def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store,
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", str(PIECE_ROWS))
     conf = {"account_id": account, "formats": ["csv", "jsonl"]}
-    summary, _ = export.run_export(conf, str(uuid.uuid4()))
+    summary = export.run_export(conf, str(uuid.uuid4()))
     one_pass = store.read_bytes(summary["bucket"], summary["key"])
 
     plan = export.plan(conf, str(uuid.uuid4()))
