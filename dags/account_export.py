@@ -61,6 +61,8 @@ def snapshot(plan: dict) -> dict:
     if plan.get("joined"):
         raise AirflowSkipException(f"export {plan['joined']} of this account is under way and covers this "
                                    "request: it was added to that export's requesters")
+    if plan.get("cancelled"):
+        raise AirflowSkipException("the request was cancelled before its export started")
     try:
         return export.take_snapshot(plan)
     except export.AccountNotFound as exc:

@@ -74,6 +74,17 @@ class AirflowApi:
             raise AirflowApiError(f"triggering {dag_id} failed (HTTP {response.status_code}): {_detail(response)}")
         return True
 
+    def stop_run(self, dag_id: str, dag_run_id: str) -> bool:
+        """Mark a run failed, so its remaining tasks do not start; False if there is no such run."""
+        response = self._request("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
+                                          f"{quote(dag_run_id, safe='')}", json={"state": "failed"})
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise AirflowApiError(f"stopping run {dag_run_id} of {dag_id} failed (HTTP {response.status_code}): "
+                                  f"{_detail(response)}")
+        return True
+
     def run_state(self, dag_id: str, dag_run_id: str) -> str:
         response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
                                         f"{quote(dag_run_id, safe='')}")

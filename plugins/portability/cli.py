@@ -5,6 +5,7 @@
     portability request  request an export through Airflow's REST API (and wait for it)
     portability status   a request's state, deadline and outcome
     portability link     a fresh link to an archive already published
+    portability cancel   withdraw a request not yet served
     portability revoke   delete a published archive now
     portability schedule export an account every N days
     portability deadlines requests near or past their legal deadline
@@ -147,6 +148,22 @@ def cmd_status(args) -> int:
     _use_embedded_defaults()
     status = service.status(args.request_id)
     print(json.dumps(status, indent=2, default=str))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from portability import service
+    from portability.airflow_api import AirflowApi
+    from portability.ledger import DAG_ID
+
+    _use_embedded_defaults()
+    result = service.cancel(args.request_id)
+    stopped = False
+    if result["export_cancelled"] and result["dag_run_id"]:
+        stopped = AirflowApi.from_connection().stop_run(DAG_ID, result["dag_run_id"])
+    print(f"request {args.request_id} cancelled; export {result['export_id']} "
+          + ("cancelled" + (" and its DAG run stopped" if stopped else "") if result["export_cancelled"]
+             else "goes on for the other requests that wait for it"))
     return 0
 
 
@@ -310,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="a request's state, deadline, archive and error (from the ledger)")
     status.add_argument("request_id")
     status.set_defaults(handler=cmd_status)
+
+    cancel = sub.add_parser("cancel", help="withdraw a request not yet served (and stop its export)")
+    cancel.add_argument("request_id")
+    cancel.set_defaults(handler=cmd_cancel)
 
     revoke = sub.add_parser("revoke", help="delete a published archive now; its links stop working")
     revoke.add_argument("export_id")

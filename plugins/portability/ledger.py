@@ -69,9 +69,11 @@ CREATE TABLE IF NOT EXISTS export_requests (
     requested_at       timestamptz NOT NULL DEFAULT now(),
     deadline_at        timestamptz NOT NULL,
     delivered_at       timestamptz,
+    cancelled_at       timestamptz,
     link_expires_at    timestamptz,
     notification_error text
 );
+ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS cancelled_at timestamptz;  -- added after the first release
 CREATE INDEX IF NOT EXISTS export_requests_export ON export_requests (export_id);
 CREATE INDEX IF NOT EXISTS export_requests_open_deadline ON export_requests (deadline_at)
     WHERE state IN ('requested', 'running', 'ready', 'failed');
@@ -93,7 +95,7 @@ CREATE INDEX IF NOT EXISTS export_schedules_due ON export_schedules (next_due_at
 CREATE OR REPLACE VIEW export_request_status AS
     SELECT r.request_id, r.export_id, r.idempotency_key, r.account_id, r.requested_by, r.notify_email,
            r.categories, r.formats, r.state, r.requested_at, r.deadline_at, r.delivered_at, r.link_expires_at,
-           r.notification_error, e.started_at, e.ready_at, e.failed_at, e.expired_at, e.retain_until,
+           r.cancelled_at, r.notification_error, e.started_at, e.ready_at, e.failed_at, e.expired_at, e.retain_until,
            e.dag_run_id, e.region, e.bucket, e.archive_key, e.bytes, e.sha256, e.counts, e.error, e.expiry_reason
     FROM export_requests r JOIN exports e USING (export_id);
 """
@@ -225,6 +227,8 @@ def begin(conn, plan: dict, dag_run_id: str, *, requested_by: str = "airflow",
                             f"{DAG_ID}/{dag_run_id}", "requested")
         elif known["state"] in ("ready", "delivered"):
             return {}  # a rerun of a finished export: packaging keeps the published archive
+        elif known["state"] == "cancelled":
+            return {"cancelled": export_id}
         conn.execute("UPDATE exports SET state = 'running', started_at = coalesce(started_at, now()), error = NULL, "
                      "failed_at = NULL WHERE export_id = %s", (export_id,))
         conn.execute("UPDATE export_requests SET state = 'running' WHERE export_id = %s AND state IN "
@@ -265,6 +269,26 @@ def fail(conn, export_id: str, error: str) -> None:
                      "AND state IN ('requested', 'running', 'failed')", (error[:2000], export_id))
         conn.execute("UPDATE export_requests SET state = 'failed' WHERE export_id = %s AND state IN "
                      "('requested', 'running')", (export_id,))
+
+
+def cancel(conn, request_id: str) -> dict:
+    """Withdraw a request not yet served; its export is cancelled too when no other request still waits for it."""
+    with conn.transaction():
+        row = conn.execute("SELECT r.state, r.export_id, e.dag_run_id FROM export_requests r JOIN exports e "
+                           "USING (export_id) WHERE request_id = %s FOR UPDATE OF r", (request_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no request {request_id} in the ledger: check the request id")
+        if row["state"] not in ACTIVE:
+            raise LedgerError(f"request {request_id} is {row['state']}: only a requested or running request can be "
+                              "cancelled (revoke a published archive with 'portability revoke')")
+        conn.execute("UPDATE export_requests SET state = 'cancelled', cancelled_at = now() WHERE request_id = %s",
+                     (request_id,))
+        waiting = conn.execute("SELECT count(*) AS n FROM export_requests WHERE export_id = %s AND state = ANY(%s)",
+                               (row["export_id"], list(ACTIVE))).fetchone()["n"]
+        if not waiting:
+            conn.execute("UPDATE exports SET state = 'cancelled' WHERE export_id = %s AND state = ANY(%s)",
+                         (row["export_id"], list(ACTIVE)))
+    return {"export_id": str(row["export_id"]), "dag_run_id": row["dag_run_id"], "export_cancelled": not waiting}
 
 
 def undelivered(conn, export_id: str) -> list[dict]:

@@ -112,6 +112,14 @@ def begin(conf: dict, dag_id: str, run_id: str) -> dict:
     return {**plan, **joined}
 
 
+def cancel(request_id: str) -> dict:
+    """Withdraw a request; if nobody else waits for its export, the export is cancelled (its run stops at its next
+    step, or the caller stops the DAG run)."""
+    export.check_export_id(request_id)
+    with ledger.connect() as conn:
+        return ledger.cancel(conn, request_id)
+
+
 def fail(dag_id: str, run_id: str, error: str) -> None:
     """A task of the run failed for good: the export and its requests are marked failed, with why."""
     with ledger.connect() as conn:

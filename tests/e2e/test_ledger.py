@@ -127,3 +127,21 @@ def test_deadline_watch_lists_overdue_and_due_requests(conn):
     listed = {str(r["request_id"]): r["overdue"] for r in ledger.overdue_or_due(conn, timedelta(days=7))}
     assert listed[overdue.request_id] is True and listed[soon.request_id] is False
     assert later.request_id not in listed
+
+
+def test_cancel_withdraws_a_request_and_its_export_when_nobody_else_waits(conn):
+    from portability import ledger
+
+    account = _account()
+    first = ledger.submit(conn, _request(account), requested_by="a")
+    second = ledger.submit(conn, _request(account), requested_by="b")
+    assert second.joined
+    assert ledger.cancel(conn, first.request_id)["export_cancelled"] is False  # b still waits
+    assert ledger.export_record(conn, first.export_id)["state"] == "requested"
+    result = ledger.cancel(conn, second.request_id)
+    assert result == {"export_id": first.export_id, "dag_run_id": first.dag_run_id, "export_cancelled": True}
+    assert ledger.export_record(conn, first.export_id)["state"] == "cancelled"
+    plan = {**_request(account), "export_id": first.export_id}
+    assert ledger.begin(conn, plan, first.dag_run_id) == {"cancelled": first.export_id}  # the run does nothing
+    with pytest.raises(ledger.LedgerError, match="only a requested or running request can be cancelled"):
+        ledger.cancel(conn, first.request_id)

@@ -131,6 +131,7 @@ def airflow_server(store_env, seeded, mailbox, tmp_path_factory):
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
             "conn_type": "smtp", "host": "127.0.0.1", "port": mailbox.port,
             "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "exports@example.com"}}),
+        "PORTABILITY_PRIVACY_EMAIL": "privacy-team@example.com",
         "AIRFLOW_CONN_PORTABILITY_WEBHOOK": json.dumps({"conn_type": "generic", "password": "whsec-test-secret"}),
         "AIRFLOW_CONN_PORTABILITY_AIRFLOW": json.dumps({
             "conn_type": "http", "host": "127.0.0.1", "port": api_port, "schema": "http",

@@ -154,22 +154,31 @@ def test_revoked_archive_link_is_refused(requested, airflow_server):
     assert service.status(requested["result"]["request_id"])["state"] == "expired"
 
 
-def test_cleanup_dag_deletes_archives_past_retention(airflow_server, api, store):
-    from portability import service
-    from portability.ledger import connect
+def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(airflow_server, api, store,
+                                                                             mailbox):
+    from portability import ledger, service
+    from portability.request import parse_request
+    from portability.schemas import SchemaSet
 
     summary, link = service.export_now({"account_id": US_ACCOUNT, "categories": ["domains"]})
     assert download(link.url)[:4] == b"PK\x03\x04"
-    with connect() as conn:
+    with ledger.connect() as conn:
         conn.execute("UPDATE exports SET retain_until = now() - interval '1 minute' WHERE export_id = %s",
                      (summary["export_id"],))
+        # A request nobody served, 40 days old: past its one-month deadline.
+        late = ledger.submit(conn, parse_request({"account_id": "late-00001"}, SchemaSet()).to_dict(),
+                             requested_by="forgotten ticket")
+        conn.execute("UPDATE export_requests SET requested_at = now() - interval '40 days', "
+                     "deadline_at = now() - interval '9 days' WHERE request_id = %s", (late.request_id,))
         conn.commit()
     run_id = f"test-cleanup-{uuid.uuid4()}"
     assert api.trigger("export_cleanup", run_id, {}) is True
-    wait_for_run(api, "export_cleanup", run_id)  # watch_deadlines may fail on other tests' old requests
+    assert wait_for_run(api, "export_cleanup", run_id) == "failed"  # red while a request is overdue
+    [alert] = mailbox.wait_for(lambda m: m["To"] == "privacy-team@example.com" and late.request_id in html_of(m))
+    assert "overdue" in alert["Subject"] and "late-00001" in html_of(alert)
     assert refused(link.url) == 404
     assert not list(store.keys(summary["bucket"], f"exports/{summary['export_id']}/"))
-    with connect() as conn:
+    with ledger.connect() as conn:
         record = conn.execute("SELECT state, expiry_reason FROM exports WHERE export_id = %s",
                               (summary["export_id"],)).fetchone()
     assert (record["state"], record["expiry_reason"]) == ("expired", "retention")
