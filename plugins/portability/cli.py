@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.set_defaults(handler=cmd_schedule)
 
     link = sub.add_parser("link", help="a fresh download link for a published export")
-    link.add_argument("export_id")
+    link.add_argument("export_id", help="the export id, or the id of a request it serves")
     link.add_argument("--expires-in-hours", type=int, default=72)
     link.add_argument("--json", action="store_true")
     link.set_defaults(handler=cmd_link)

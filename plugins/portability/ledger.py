@@ -311,9 +311,12 @@ def delivered(conn, request_id: str, link_expires_at: str, error: str | None = N
 
 
 def export_record(conn, export_id: str) -> dict:
-    row = conn.execute("SELECT * FROM exports WHERE export_id = %s", (export_id,)).fetchone()
+    """An export by its id, or by the id of a request it serves."""
+    row = conn.execute("SELECT * FROM exports WHERE export_id = %s OR export_id = "
+                       "(SELECT export_id FROM export_requests WHERE request_id = %s)",
+                       (export_id, export_id)).fetchone()
     if row is None:
-        raise LedgerError(f"no export {export_id} in the ledger: check the export id")
+        raise LedgerError(f"no export or request {export_id} in the ledger: check the id")
     return row
 
 
