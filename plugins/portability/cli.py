@@ -81,7 +81,9 @@ def cmd_export(args) -> int:
     from portability import service
 
     _use_embedded_defaults()
-    summary, link = service.export_now(_request_conf(args))
+    conf = _request_conf(args)
+    summary, request_id = service.export_now(conf)
+    link = service.link(summary["export_id"], conf.get("expires_in_hours", 72), request_id=request_id)
     if args.json:
         print(json.dumps({
             "export_id": summary["export_id"], "account_id": summary["account_id"], "bucket": summary["bucket"],

@@ -101,6 +101,9 @@ CREATE OR REPLACE VIEW export_request_status AS
 """
 
 
+_SCHEMA_READY: set[str] = set()
+
+
 class LedgerError(RuntimeError):
     """A request the ledger refuses (a reused idempotency key, an unknown export); the message says why."""
 
@@ -123,10 +126,13 @@ def connect() -> Iterator:
 
     from portability import config
 
-    with psycopg.connect(config.state_settings().conninfo, row_factory=dict_row) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
-        conn.execute(_SCHEMA)
-        conn.commit()
+    conninfo = config.state_settings().conninfo
+    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+        if conninfo not in _SCHEMA_READY:  # once per process: the view's replacement takes a strong lock
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
+            conn.execute(_SCHEMA)
+            conn.commit()
+            _SCHEMA_READY.add(conninfo)
         yield conn
 
 

@@ -20,8 +20,9 @@ from portability.schemas import SchemaSet
 log = logging.getLogger(__name__)
 
 
-def export_now(conf: dict, *, requested_by: str = "portability export") -> tuple[dict, export.Link]:
-    """The `export` command: the whole export in this process, recorded in the ledger like any other."""
+def export_now(conf: dict, *, requested_by: str = "portability export") -> tuple[dict, str]:
+    """The whole export in this process (the `export` command, a scheduled export), recorded in the ledger like
+    any other; returns the summary and the request id (`link(..., request_id=)` hands the link over)."""
     from portability.request import new_export_id
 
     current = export.plan(conf, new_export_id())
@@ -40,7 +41,7 @@ def export_now(conf: dict, *, requested_by: str = "portability export") -> tuple
     else:
         with ledger.connect() as conn:
             ledger.finish(conn, summary, config.retention())
-    return summary, link(summary["export_id"], current["expires_in_hours"], request_id=request_id)
+    return summary, request_id
 
 
 def schedule(conf: dict, every_days: int, *, first_due: datetime | None = None) -> dict:

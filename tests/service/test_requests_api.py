@@ -160,7 +160,8 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     from portability.request import parse_request
     from portability.schemas import SchemaSet
 
-    summary, link = service.export_now({"account_id": US_ACCOUNT, "categories": ["domains"]})
+    summary, request_id = service.export_now({"account_id": US_ACCOUNT, "categories": ["domains"]})
+    link = service.link(summary["export_id"], 1, request_id=request_id)
     assert download(link.url)[:4] == b"PK\x03\x04"
     with ledger.connect() as conn:
         conn.execute("UPDATE exports SET retain_until = now() - interval '1 minute' WHERE export_id = %s",
