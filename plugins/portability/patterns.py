@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 
 # What sre tests for `\\s`, `\\d`, `\\w` on str patterns (Py_UNICODE_ISSPACE, ISDECIMAL, ISALNUM or '_').
 _CLASS_ESCAPES = {"s": str.isspace, "d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_"}
-_UNSUPPORTED_ESCAPES = set("bBZAG0123456789pPNuUx")  # anchors, backreferences, RE2-only or ambiguous escapes
+_UNSUPPORTED_ESCAPES = set("bBZAG0123456789pPN")  # anchors, backreferences, RE2-only or ambiguous escapes
+_CODE_POINT_ESCAPES = {"x": 2, "u": 4, "U": 8}  # \xhh, \uhhhh, \Uhhhhhhhh: RE2 spells them \x{...}
 _PLAIN_ESCAPES = set(".^$*+?{}[]()|\\/-")
 _UNSUPPORTED_GROUPS = ("(?=", "(?!", "(?<=", "(?<!", "(?P=", "(?#", "(?(")
 
@@ -67,6 +68,15 @@ def to_re2(pattern: str) -> str | None:
                     out.append(members)
                 else:
                     out.append(f"[{'^' if escaped.isupper() else ''}{members}]")
+            elif escaped in _CODE_POINT_ESCAPES:
+                digits = pattern[i:i + _CODE_POINT_ESCAPES[escaped]]
+                if len(digits) != _CODE_POINT_ESCAPES[escaped] or not all(c in "0123456789abcdefABCDEF"
+                                                                            for c in digits):
+                    return None
+                if int(digits, 16) > sys.maxunicode or 0xD800 <= int(digits, 16) <= 0xDFFF:
+                    return None  # not a code point RE2 (UTF-8) can match
+                out.append(f"\\x{{{int(digits, 16):x}}}")
+                i += len(digits)
             elif escaped in _UNSUPPORTED_ESCAPES:
                 return None
             elif escaped in "tnrfv":

@@ -41,6 +41,8 @@ EXTRA_PATTERNS = [
     # Constructs the two engines read differently: each must be translated exactly or refused (None).
     r"a$\n", r"(a$)\n", r"(a$|b)\n", r"$^", r"^a{,2}$", r"a{,2}", r"a*+", r"(?>a)b", r"a++b", r"^\w{1,1000}$",
     r"a{1001}",
+    # Code points by number: \xhh, \uhhhh, \Uhhhhhhhh (RE2 writes \x{...}); malformed ones are refused.
+    r"^[^\x00-\x1f\x7f]+$", r"\u00e9|\x41", r"[\U0001F600-\U0001F64F]", r"\x4", r"\u12", r"\ud800",
 ]
 MATCH_CHARS = [*SPECIAL_CHARS, "b", "c", "x", "y", "z", "Z", "9", "$", "^", "]", "{", "}", ",", "\u00e9", "ü",
                "😀", "🙏", "\u2007", "\u0660", "ǅ"]
