@@ -253,7 +253,8 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return False
-            raise
+            raise StorageError(f"object storage did not answer whether {key.rsplit('/', 1)[-1]} exists in {bucket} "
+                               f"({_brief(exc)}) after retries: retry later") from exc
 
     def keys(self, bucket: str, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")
