@@ -185,3 +185,30 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     assert (record["state"], record["expiry_reason"]) == ("expired", "retention")
     rules = store.client.get_bucket_lifecycle_configuration(Bucket=summary["bucket"])["Rules"]
     assert {r["Filter"]["Prefix"]: r["Expiration"]["Days"] for r in rules} == {"exports/": 31, "staging/": 2}
+
+
+def test_no_link_or_credential_in_task_logs_or_xcom(requested, airflow_server, api):
+    """Presigned links, S3 and SMTP credentials and the webhook secret reach neither a task log nor XCom."""
+    import os
+
+    import requests
+
+    s3 = json.loads(os.environ["AIRFLOW_CONN_PORTABILITY_S3"])
+    secrets = ["X-Amz-Signature", "X-Amz-Credential", s3["password"], "whsec-test-secret", airflow_server["password"]]
+    logs = sorted(Path(airflow_server["env"]["AIRFLOW_HOME"], "logs").rglob("*.log"))
+    task_logs = [p for p in logs if "dag_id=account_export" in str(p)]
+    assert task_logs, "no task log was written"
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], path
+    headers = {"Authorization": f"Bearer {api.token()}"}
+    run_id = requested["result"]["dag_run_id"]
+    entries = requests.get(f"{api.base_url}/api/v2/dags/account_export/dagRuns/{run_id}/taskInstances/~/"
+                           "xcomEntries", headers=headers, params={"limit": 500}, timeout=30).json()["xcom_entries"]
+    assert entries
+    for entry in entries:
+        value = requests.get(f"{api.base_url}/api/v2/dags/account_export/dagRuns/{run_id}/taskInstances/"
+                             f"{entry['task_id']}/xcomEntries/{entry['key']}", headers=headers,
+                             params={"map_index": entry.get("map_index", -1)}, timeout=30).json()
+        text = json.dumps(value)
+        assert not [s for s in secrets if s in text], entry["task_id"]

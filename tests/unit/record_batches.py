@@ -307,7 +307,7 @@ class BadJson(Exception):
     pass
 
 
-def _not_json(name: str):
+def refuse_json_constant(name: str):
     raise ValueError(f"{name} is not in the JSON standard")
 
 
@@ -320,7 +320,7 @@ def reference_document(category: str, row: dict) -> dict:
             value = reference_timestamp(value)[1]
         elif value is not None and column.kind == JSON:
             try:
-                value = json.loads(value, parse_float=Decimal, parse_constant=_not_json)
+                value = json.loads(value, parse_float=Decimal, parse_constant=refuse_json_constant)
             except (ValueError, RecursionError) as error:
                 raise BadJson(column.name) from error
         document[column.name] = value

@@ -37,6 +37,7 @@ from tests.unit.record_batches import (
     reference_document,
     reference_timestamp,
     reference_valid,
+    refuse_json_constant,
     same,
 )
 
@@ -193,10 +194,6 @@ def test_filtered_and_taken_batches_render_as_fresh_ones(category, data):
         assert rendering.csv_batch(derived).to_pylist() == rendering.csv_batch(fresh).to_pylist()
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def assert_invalid_line(category: str, row: dict, parsed: dict) -> None:
     """A quarantined record's line: its values, a JSON text that does not parse as a JSON string of itself."""
     assert list(parsed) == [c.name for c in columns(category)]
@@ -204,7 +201,7 @@ def assert_invalid_line(category: str, row: dict, parsed: dict) -> None:
         value, got = row[column.name], parsed[column.name]
         if value is not None and column.kind == JSON:
             try:  # NaN and Infinity are not JSON (RFC 8259): such text is kept as a string, as parse_json does
-                expected = json.loads(value, parse_float=Decimal, parse_constant=_refuse_constant)
+                expected = json.loads(value, parse_float=Decimal, parse_constant=refuse_json_constant)
             except ValueError:
                 expected = value
         elif value is not None and column.kind == TIMESTAMP:
