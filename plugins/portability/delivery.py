@@ -65,12 +65,16 @@ cd {html.escape(notice['account_id'])}-{notice['export_id']} &amp;&amp; sha256su
 
 
 def send_email(to: str, notice: dict) -> None:
+    _send(to, *email_body(notice))
+
+
+def _send(to: str, subject: str, html_body: str) -> None:
+    """One HTML email through Airflow's SMTP connection; the error names the recipient, never the body (a link)."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    subject, body = email_body(notice)
     try:
         with SmtpHook(smtp_conn_id=config.SMTP_CONN_ID) as smtp:
-            smtp.send_email_smtp(to=to, subject=subject, html_content=body, from_email=config.sender_email())
+            smtp.send_email_smtp(to=to, subject=subject, html_content=html_body, from_email=config.sender_email())
     except Exception as exc:
         raise DeliveryError(f"email to {to} failed: {type(exc).__name__}; check connection "
                             f"{config.SMTP_CONN_ID!r}") from None
@@ -130,8 +134,6 @@ def post_webhook(url: str, notice: dict, *, attempts: int = WEBHOOK_ATTEMPTS, ba
 
 def send_deadline_alert(to: str, rows: list[dict], within_days: int) -> None:
     """The privacy team's list of requests past or near their legal deadline."""
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
     overdue = sum(1 for row in rows if row["overdue"])
     lines = "".join(
         f"<tr><td>{'OVERDUE' if row['overdue'] else 'due'}</td><td>{html.escape(row['deadline_at'][:16])}</td>"
@@ -143,11 +145,4 @@ def send_deadline_alert(to: str, rows: list[dict], within_days: int) -> None:
             f"within {within_days} days.</p><table><tr><th></th><th>deadline (UTC)</th><th>account</th>"
             f"<th>state</th><th>request</th><th>error</th></tr>{lines}</table>"
             "<p>Run <code>portability deadlines</code> for the current list.</p>")
-    try:
-        with SmtpHook(smtp_conn_id=config.SMTP_CONN_ID) as smtp:
-            smtp.send_email_smtp(to=to, subject=f"Data export deadlines: {overdue} overdue, "
-                                               f"{len(rows) - overdue} due soon",
-                                 html_content=body, from_email=config.sender_email())
-    except Exception as exc:
-        raise DeliveryError(f"deadline alert to {to} failed: {type(exc).__name__}; check connection "
-                            f"{config.SMTP_CONN_ID!r}") from None
+    _send(to, f"Data export deadlines: {overdue} overdue, {len(rows) - overdue} due soon", body)

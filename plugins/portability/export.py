@@ -192,7 +192,7 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     """Export a category's pieces in order straight from the source; a shard result with each file's SHA-256."""
     import hashlib
 
-    from portability.pieces import TEXT_FORMATS, export_piece
+    from portability.pieces import TEXT_FORMATS
 
     schemas = SchemaSet()
     kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
@@ -200,11 +200,8 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     pieces = []
     with _prefetched(rows) as batches:
         for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
-            pieces.append(export_piece(
-                plan, category, piece, piece_batches, schemas, store=store, bucket=where["bucket"],
-                segment_key=lambda kind, piece=piece: _segment_key(plan["export_id"], category, piece, kind),
-                invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
-            ))
+            pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where["bucket"],
+                                       running))
             log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1]["exported"],
                      pieces[-1]["quarantined"])
     if not any(p["errors"] for p in pieces):
@@ -291,7 +288,6 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
     A process running many shards passes one `store`: each S3 client costs about a megabyte.
     """
     from portability import memory
-    from portability.pieces import export_piece
 
     memory.limit_retention()
     schemas = SchemaSet()
@@ -300,16 +296,24 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
     results = []
     for piece in range(shard["first_piece"], shard["stop_piece"]):
         reader = _open_piece(store, snapshot["bucket"], plan["export_id"], category, piece, snapshot["snapshot_at"])
-        results.append(export_piece(
-            plan, category, piece, reader, schemas, store=store, bucket=snapshot["bucket"],
-            segment_key=lambda kind, piece=piece: _segment_key(plan["export_id"], category, piece, kind),
-            invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece),
-        ))
+        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot["bucket"]))
     exported = sum(r["exported"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
     log.info("%s pieces %d-%d of %s: %d exported, %d quarantined", category, shard["first_piece"],
              shard["stop_piece"] - 1, shard["of_pieces"], exported, quarantined)
     return {"category": category, "pieces": results}
+
+
+def _write_piece(plan: dict, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
+                 bucket: str, running: dict | None = None) -> dict:
+    """One piece's segments (and quarantine list) under the export's staging keys; see `pieces.export_piece`."""
+    from portability.pieces import export_piece
+
+    return export_piece(
+        plan, category, piece, batches, schemas, store=store, bucket=bucket,
+        segment_key=lambda kind: _segment_key(plan["export_id"], category, piece, kind),
+        invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
+    )
 
 
 def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, piece: int, snapshot_at: str):

@@ -158,11 +158,7 @@ def submit(conn, request: dict, *, requested_by: str, notify_email: str | None =
                 _same_request(seen, request, idempotency_key)
                 return Submission(str(seen["request_id"]), str(seen["export_id"]), seen["dag_run_id"],
                                   joined=False, replayed=True, needs_trigger=seen["export_state"] == "requested")
-        running = conn.execute(
-            "SELECT export_id, dag_run_id, state FROM exports WHERE account_id = %s AND state = ANY(%s) "
-            "AND categories @> %s AND formats @> %s AND on_invalid = %s ORDER BY created_at LIMIT 1",
-            (request["account_id"], list(ACTIVE), request["categories"], request["formats"],
-             request["on_invalid"])).fetchone()
+        running = _export_covering(conn, request)
         joined = running is not None
         if joined:
             export_id, dag_run_id = str(running["export_id"]), running["dag_run_id"]
@@ -170,16 +166,29 @@ def submit(conn, request: dict, *, requested_by: str, notify_email: str | None =
             # The DAG derives its export id from its run id; the run id is chosen here, before the trigger.
             dag_run_id = f"request__{uuid.uuid4()}"
             export_id = export_id_for_run(DAG_ID, dag_run_id)
-            conn.execute(
-                "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id) "
-                "VALUES (%s, %s, %s, %s, %s, 'requested', %s)",
-                (export_id, request["account_id"], request["categories"], request["formats"],
-                 request["on_invalid"], dag_run_id))
+            _insert_export(conn, export_id, request, "requested", dag_run_id)
         request_id = str(uuid.uuid4())
         _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
                         idempotency_key, "running" if joined and running["state"] == "running" else "requested")
     return Submission(request_id, export_id, dag_run_id, joined=joined, replayed=False,
                       needs_trigger=not joined or running["state"] == "requested")
+
+
+def _export_covering(conn, request: dict) -> dict | None:
+    """The account's export under way whose categories, formats and on_invalid serve this request, if any."""
+    return conn.execute(
+        "SELECT export_id, dag_run_id, state FROM exports WHERE account_id = %s AND state = ANY(%s) "
+        "AND categories @> %s AND formats @> %s AND on_invalid = %s ORDER BY created_at LIMIT 1",
+        (request["account_id"], list(ACTIVE), request["categories"], request["formats"],
+         request["on_invalid"])).fetchone()
+
+
+def _insert_export(conn, export_id: str, request: dict, state: str, dag_run_id: str | None) -> None:
+    conn.execute(
+        "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id, started_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'running' THEN now() END)",
+        (export_id, request["account_id"], request["categories"], request["formats"], request["on_invalid"], state,
+         dag_run_id, state))
 
 
 def _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
@@ -216,19 +225,12 @@ def begin(conn, plan: dict, dag_run_id: str, *, requested_by: str = "airflow",
         known = conn.execute("SELECT state FROM exports WHERE export_id = %s", (export_id,)).fetchone()
         if known is None:
             # Triggered through the REST API or the UI: the run id is the idempotency key.
-            other = conn.execute(
-                "SELECT export_id FROM exports WHERE account_id = %s AND state = ANY(%s) AND categories @> %s "
-                "AND formats @> %s AND on_invalid = %s ORDER BY created_at LIMIT 1",
-                (plan["account_id"], list(ACTIVE), plan["categories"], plan["formats"], plan["on_invalid"])
-            ).fetchone()
+            other = _export_covering(conn, plan)
             if other is not None:
                 _insert_request(conn, str(uuid.uuid4()), str(other["export_id"]), plan, requested_by, notify_email,
                                 webhook_url, f"{DAG_ID}/{dag_run_id}", "requested")
                 return {"joined": str(other["export_id"])}
-            conn.execute(
-                "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id) "
-                "VALUES (%s, %s, %s, %s, %s, 'requested', %s)",
-                (export_id, plan["account_id"], plan["categories"], plan["formats"], plan["on_invalid"], dag_run_id))
+            _insert_export(conn, export_id, plan, "requested", dag_run_id)
             _insert_request(conn, str(uuid.uuid4()), export_id, plan, requested_by, notify_email, webhook_url,
                             f"{DAG_ID}/{dag_run_id}", "requested")
         elif known["state"] in ("ready", "delivered"):
@@ -246,10 +248,7 @@ def record_started(conn, plan: dict, *, requested_by: str, notify_email: str | N
     """An export run in one process (the `export` command, a scheduled export) starts; returns its request id."""
     request_id = str(uuid.uuid4())
     with conn.transaction():
-        conn.execute(
-            "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, started_at) "
-            "VALUES (%s, %s, %s, %s, %s, 'running', now())",
-            (plan["export_id"], plan["account_id"], plan["categories"], plan["formats"], plan["on_invalid"]))
+        _insert_export(conn, plan["export_id"], plan, "running", None)
         _insert_request(conn, request_id, plan["export_id"], plan, requested_by, notify_email, None, None, "running")
     return request_id
 
