@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -19,6 +20,23 @@ os.environ.setdefault("PORTABILITY_SCHEMAS_DIR", str(REPO / "schemas"))
 GOOD_ACCOUNTS = ("e2e-00001", "e2e-00002", "e2e-00003")
 BAD_ACCOUNT = "bad-00001"
 BAD_CONTACT_EMAIL = "planted-invalid-address"
+
+
+# What the reliability suite did, printed at the end of the run (issue 5 asks for the counts).
+TALLY: Counter = Counter()
+
+
+@pytest.fixture
+def tally() -> Counter:
+    """Add to "faults injected", "hostile inputs tried" or "records checked"."""
+    return TALLY
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TALLY:
+        terminalreporter.write_sep("-", "reliability counts")
+        for name in ("faults injected", "hostile inputs tried", "records checked"):
+            terminalreporter.write_line(f"{name}: {TALLY[name]}")
 
 
 @pytest.fixture(scope="session")

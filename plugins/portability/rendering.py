@@ -23,13 +23,17 @@ FORMULA_START = "^[=+\\-@\\t\\r]"
 # ...unless it is a plain (ASCII) number, which spreadsheets read as a number.
 PLAIN_NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _TIMESTAMP_TEXT_LENGTH = len("2024-01-02 03:04:05.000006")
+# PostgreSQL's 'infinity' and '-infinity' are the int64 extremes counted from 2000; the ADBC driver
+# shifts them to 1970 and they wrap around to these two values, aeons before any real timestamp.
+_INFINITIES = {-9222425352054775809: "infinity", -9222425352054775808: "-infinity"}
 
 
 def timestamp_text(array: pa.Array) -> pa.Array:
     """RFC 3339 in UTC with microseconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`; nulls stay null.
 
     Arrow's cast of a naive timestamp is ~10x faster than strftime; its text only needs the
-    'T' and the 'Z'. Years outside 0000-9999 render longer and fail the schema's pattern.
+    'T' and the 'Z'. Years outside 0000-9999 render longer, and the infinities as words: both
+    fail the schema's pattern, so the record is quarantined showing the source's value.
     """
     import numpy as np
 
@@ -47,6 +51,9 @@ def timestamp_text(array: pa.Array) -> pa.Array:
         rendered = pa.StringArray.from_buffers(len(text), pa.py_buffer(new_offsets), pa.py_buffer(out))
     else:  # unusual years: the slower general path
         rendered = pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "Z", "")
+        micros = pc.cast(naive, pa.int64())
+        for value, word in _INFINITIES.items():
+            rendered = pc.if_else(pc.equal(micros, value), word, rendered)
     return pc.if_else(pc.is_valid(array), rendered, pa.scalar(None, pa.string()))
 
 

@@ -190,4 +190,8 @@ def table_schema(columns: list[Column], file_format: str) -> dict:
         if not column.nullable and column.kind not in (STRING, JSON):
             field["constraints"] = {"required": True}
         fields.append(field)
+    if file_format == "parquet":
+        # Frictionless reads Parquet through pandas, which turns a null integer into NaN; the
+        # workaround Camtrap DP uses too. No required column can hold it.
+        return {"fields": fields, "missingValues": ["", "nan"]}
     return {"fields": fields}

@@ -83,7 +83,7 @@ class FaultyS3:
 
 
 @pytest.fixture
-def faulty_s3(store_env, monkeypatch):
+def faulty_s3(store_env, monkeypatch, tally):
     """The S3 connection pointed at a fault-injecting proxy of the real server (for this test only)."""
     connection = json.loads(os.environ["AIRFLOW_CONN_PORTABILITY_S3"])
     proxy = FaultyS3(connection["extra"]["endpoint_url"])
@@ -92,3 +92,4 @@ def faulty_s3(store_env, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PORTABILITY_S3", json.dumps(connection))
     yield proxy
     proxy.server.shutdown()
+    tally["faults injected"] += proxy.injected
