@@ -118,13 +118,15 @@ def deliver(summary: dict) -> dict:
 
 
 @task
-def cleanup(plan: dict) -> int:
+def cleanup(plan: dict | None) -> int:
     """Delete the staged copies (personal data), whether the export succeeded or failed.
 
     After a failure, export again by clearing the whole run: it keeps its export id.
     """
     from portability import export
 
+    if plan is None:  # validate_request refused the request: nothing was staged
+        return 0
     return export.cleanup(plan, None)
 
 

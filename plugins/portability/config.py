@@ -25,6 +25,17 @@ class ConfigurationError(RuntimeError):
     """The deployment is misconfigured; the message says what to set."""
 
 
+class DatabaseUnavailable(RuntimeError):
+    """A PostgreSQL server refused or dropped the connection; worth a retry."""
+
+
+def unreachable(conn_id: str, error: Exception) -> DatabaseUnavailable:
+    """The driver's first line (libpq never shows the password) and which connection to check."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DatabaseUnavailable(f"cannot reach the database of Airflow connection {conn_id!r}: {reason}; check the "
+                               f"connection (AIRFLOW_CONN_{conn_id.upper()}) and that the server is up")
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     conninfo: str = field(repr=False)  # may carry a password

@@ -127,7 +127,11 @@ def connect() -> Iterator:
     from portability import config
 
     conninfo = config.state_settings().conninfo
-    with psycopg.connect(conninfo, row_factory=dict_row) as conn:
+    try:
+        connection = psycopg.connect(conninfo, row_factory=dict_row)
+    except psycopg.OperationalError as exc:
+        raise config.unreachable(config.STATE_CONN_ID, exc) from None
+    with connection as conn:
         if conninfo not in _SCHEMA_READY:  # once per process: the view's replacement takes a strong lock
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
             conn.execute(_SCHEMA)

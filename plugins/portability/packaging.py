@@ -85,6 +85,9 @@ def build_datapackage(plan: dict, snapshot: dict, results: list[dict], schemas: 
         record = schemas.record(category)
         columns = schemas.columns(category)
         for file in result["files"]:
+            if file["format"] == "jsonl" and not result["exported"]:
+                # Frictionless (5.21) cannot read an empty JSON Lines file; the manifest still lists it.
+                continue
             resource = {
                 "name": f"{category}-{file['format']}".replace("_", "-"),
                 "title": f"{record.get('title', category)} ({file['format']})",

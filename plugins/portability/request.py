@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from portability.schemas import SchemaSet
 
 MAX_REQUEST_BYTES = 16_384
+MAX_REQUEST_DEPTH = 8  # the schema needs 2 (a list of names); anything deeper is hostile
 # Fixed namespace: the export id of a DAG run is derived from its run id, so a retried or
 # replayed run keeps its export id and can never publish a second archive.
 EXPORT_ID_NAMESPACE = uuid.UUID("6f1f5d2e-3f7b-5c53-9d1e-7a0c4b8e2a41")
@@ -48,14 +49,12 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
     """Validate a request (DAG conf, REST body or command options) and fill in the defaults."""
     if not isinstance(conf, Mapping):
         raise RequestError(f"invalid export request: expected a JSON object, got {type(conf).__name__}")
-    try:
-        size = len(json.dumps(conf, default=str))
-    except (TypeError, ValueError):
-        raise RequestError("invalid export request: it is not serialisable as JSON") from None
-    if size > MAX_REQUEST_BYTES:
-        raise RequestError(f"invalid export request: {size} bytes is over the {MAX_REQUEST_BYTES}-byte limit")
-
     schema = schemas.request
+    unknown = [name for name in conf if name not in schema["properties"]]
+    if unknown:
+        raise RequestError(_unknown_fields(unknown, schema))
+    _check_shape(conf)
+
     errors = sorted(schemas.validator(schema).iter_errors(dict(conf)), key=_error_order)
     if errors:
         raise RequestError(_describe(errors[0], schema))
@@ -73,16 +72,49 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
     )
 
 
+def _check_shape(conf: Mapping) -> None:
+    """Refuse, naming the field, what could exhaust the validator: deep nesting, huge values, non-JSON."""
+    total = 0
+    for name, value in conf.items():
+        try:
+            total += len(json.dumps({name: value}))
+        except RecursionError:
+            raise RequestError(f"invalid export request: field {name!r} is nested too deeply") from None
+        except (TypeError, ValueError):
+            raise RequestError(f"invalid export request: field {name!r} is not a JSON value") from None
+        if _depth(value) > MAX_REQUEST_DEPTH:
+            raise RequestError(f"invalid export request: field {name!r} is nested more than "
+                               f"{MAX_REQUEST_DEPTH} levels deep")
+        if total > MAX_REQUEST_BYTES:
+            raise RequestError(f"invalid export request: field {name!r} takes the request over its "
+                               f"{MAX_REQUEST_BYTES}-byte limit")
+
+
+def _depth(value) -> int:
+    """How deeply a JSON value nests, counted without recursion (hostile nesting cannot exhaust the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_REQUEST_DEPTH:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, Mapping):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _unknown_fields(unknown: list, schema: dict) -> str:
+    names = ", ".join(_clip(repr(name)) for name in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return (f"invalid export request: unknown field {names}{more}; allowed fields are "
+            f"{', '.join(sorted(schema['properties']))}")
+
+
 def _error_order(error) -> tuple:
     return (list(error.absolute_path), error.validator)
 
 
 def _describe(error, schema: dict) -> str:
-    allowed = sorted(schema["properties"])
-    if error.validator == "additionalProperties":
-        unknown = sorted(set(error.instance) - set(schema["properties"]))
-        names = ", ".join(_clip(repr(name)) for name in unknown)
-        return f"invalid export request: unknown field {names}; allowed fields are {', '.join(allowed)}"
     if error.validator == "required":
         return f"invalid export request: field 'account_id' is required ({_hint(schema, 'account_id')})"
     path = list(error.absolute_path)

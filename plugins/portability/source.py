@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from portability import config
 from portability.mapping import CategoryQuery, MappingError
 from portability.schemas import Column, arrow_schema
 
@@ -121,7 +122,11 @@ def snapshot(conninfo: str) -> Iterator[SourceSnapshot]:
     """Open one read-only snapshot of the source database, shareable with parallel readers."""
     import psycopg
 
-    with psycopg.connect(conninfo, application_name="portability-export") as conn:
+    try:
+        connection = psycopg.connect(conninfo, application_name="portability-export")
+    except psycopg.OperationalError as exc:
+        raise config.unreachable(config.SOURCE_CONN_ID, exc) from None
+    with connection as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():

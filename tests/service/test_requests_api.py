@@ -188,13 +188,15 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
 
 
 def test_no_link_or_credential_in_task_logs_or_xcom(requested, airflow_server, api):
-    """Presigned links, S3 and SMTP credentials and the webhook secret reach neither a task log nor XCom."""
+    """Presigned links, S3 and SMTP credentials, the webhook secret and planted secret columns reach neither a
+    task log nor XCom."""
     import os
 
     import requests
 
     s3 = json.loads(os.environ["AIRFLOW_CONN_PORTABILITY_S3"])
-    secrets = ["X-Amz-Signature", "X-Amz-Credential", s3["password"], "whsec-test-secret", airflow_server["password"]]
+    secrets = ["X-Amz-Signature", "X-Amz-Credential", s3["password"], "whsec-test-secret", airflow_server["password"],
+               "PLANTEDSECRET"]  # every secret column's seeded value carries it
     logs = sorted(Path(airflow_server["env"]["AIRFLOW_HOME"], "logs").rglob("*.log"))
     task_logs = [p for p in logs if "dag_id=account_export" in str(p)]
     assert task_logs, "no task log was written"

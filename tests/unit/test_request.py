@@ -32,6 +32,13 @@ def test_order_of_asking_does_not_matter(schemas):
     assert a == b and a.categories == ("account", "contacts")
 
 
+def nested(depth: int):
+    value: object = "lists"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("conf", "named"),
     [
@@ -49,11 +56,21 @@ def test_order_of_asking_does_not_matter(schemas):
         ({"account_id": "a", "expires_in_hours": 169}, "field 'expires_in_hours'"),
         ({"account_id": "a", "expires_in_hours": 1.5}, "field 'expires_in_hours'"),
         ({"account_id": "a", "on_invalid": "ignore"}, "field 'on_invalid'"),
-        ({"account_id": "a", "padding": "x" * 20_000}, "byte limit"),
+        ({"account_id": "a", "padding": "x" * 20_000}, "unknown field 'padding'"),
+        ({"account_id": "a" * 1_000_000}, "field 'account_id' takes the request over its 16384-byte limit"),
+        ({"account_id": "a", "requested_by": "x" * 20_000}, "field 'requested_by' takes the request over"),
+        ({"account_id": "a", "categories": [[[[[[[[["lists"]]]]]]]]]}, "field 'categories' is nested more than"),
+        ({"account_id": "a", "categories": nested(100_000)}, "field 'categories' is nested too deeply"),
+        ({"account_id": "a", **{f"f{n}": n for n in range(5000)}}, "unknown field 'f0', 'f1', 'f2', 'f3', 'f4' and "
+                                                                   "4995 more"),
+        ({"account_id": "a", "formats": {"csv"}}, "field 'formats' is not a JSON value"),
+        ({"account_id": "a", "expires_in_hours": float("nan")}, "field 'expires_in_hours'"),
+        ({"account_id": "a", "expires_in_hours": True}, "field 'expires_in_hours'"),
         (["account_id", "a"], "expected a JSON object"),
     ],
 )
-def test_bad_requests_name_the_field(schemas, conf, named):
+def test_bad_requests_name_the_field(schemas, conf, named, tally):
+    tally["hostile inputs tried"] += 1
     with pytest.raises(RequestError) as refused:
         parse_request(conf, schemas)
     assert named in str(refused.value)
