@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from portability.records import neutralise_formula, render_timestamp
+from tests.conftest import TALLY
 
 SECRET_COLUMNS = {
     "users": ("password_hash", "mfa_secret"),
@@ -94,6 +95,7 @@ def check_counts_and_isolation(root: Path, account_id: str, conn) -> dict:
         # Nothing from another account, nothing lost: exported and quarantined partition the source.
         assert exported | quarantined == source_keys, category
         assert not exported & quarantined, category
+        TALLY["records checked"] += len(source_keys)
     return manifest
 
 

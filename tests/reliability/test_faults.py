@@ -55,7 +55,7 @@ def test_a_persistent_s3_fault_fails_cleanly_and_publishes_nothing(seeded, store
         assert not _staged(store, bucket, export_id)  # the failed run's staged copies are removed
 
 
-def test_racing_runs_publish_exactly_one_archive(seeded, store):
+def test_racing_runs_publish_exactly_one_archive(seeded, store, tally):
     """Three packaging tasks of the same export at once (a duplicate trigger, a zombie task)."""
     from portability import export
     from portability.storage import StorageError
@@ -88,6 +88,7 @@ def test_racing_runs_publish_exactly_one_archive(seeded, store):
     assert not errors, errors
     assert len({(s["key"], s["sha256"]) for s in summaries}) == 1
     assert _archives(store, snapshot["bucket"], plan["export_id"]) == [summaries[0]["key"]]
+    tally["faults injected"] += len(racers) - 1  # the duplicates
 
 
 _SLOW_SHARD = """
@@ -107,7 +108,8 @@ export.export_shard(plan, snapshot, shard)
 """
 
 
-def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_archive(seeded, store, monkeypatch):
+def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_archive(seeded, store, monkeypatch,
+                                                                                     tally):
     from portability import export
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "20")
@@ -133,6 +135,7 @@ def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_ar
             time.sleep(0.05)
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+        tally["faults injected"] += 1
         written = {k.split("/")[-1].split(".")[0] for k in store.keys(bucket, prefix) if k.endswith(".csv.deflate")}
         assert 0 < len(written) < pieces  # killed in the middle of the category
 
@@ -151,7 +154,7 @@ def _seed_one(db, prefix: str, contacts: int) -> str:
 
 
 def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snapshot(seeded, store, db,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, tally):
     from portability import export
 
     account = _seed_one(db, "drop", 50_000)  # enough rows that each COPY is still streaming when it is cut
@@ -169,6 +172,7 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
     with pytest.raises(Exception) as failure:  # noqa: PT011 (the driver's own error, whatever its class)
         export.take_snapshot(plan, on_piece=cut_the_readers)
     assert dropped, "no reader was running to cut"
+    tally["faults injected"] += len(dropped)
     assert any(word in str(failure.value).lower() for word in ("terminat", "connection", "closed")), failure.value
     export.cleanup(plan, None)
 
@@ -184,7 +188,7 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
         assert summary["counts"][category] == {"source_count": expected, "exported": expected, "quarantined": 0}
 
 
-def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path):
+def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path, tally):
     """The archive reflects the snapshot's instant, whatever is written to the source while it is read."""
     from portability import export
     from tests.archive_checks import jsonl, unpack
@@ -217,6 +221,7 @@ def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeyp
     finally:
         export.cleanup(plan, snapshot)
     assert changed_during and "suppressions" not in changed_during
+    tally["faults injected"] += 1
     (tmp_path / "a.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
     root = unpack(tmp_path / "a.zip", tmp_path)
     assert {str(r["id"]): r["full_name"] for r in jsonl(root / "data" / "contacts.jsonl")} == before
