@@ -67,6 +67,7 @@ def _summary_key(key: str) -> str:
 
 def plan(conf: dict, export_id: str) -> dict:
     """Validate the request; nothing has been read from the source yet."""
+    check_export_id(export_id)  # it names every object key of the export
     request = parse_request(conf, SchemaSet())
     return {"export_id": export_id, **request.to_dict(),
             "piece_rows": config.piece_rows(), "shard_rows": config.shard_rows()}
@@ -438,9 +439,11 @@ class Link:
     key: str
 
 
-def check_export_id(export_id: str) -> None:
-    if not _EXPORT_ID.fullmatch(export_id or ""):
-        raise RequestError(f"invalid export id {export_id[:80]!r}: expected a UUID such as the one 'export' printed")
+def check_export_id(export_id: str, what: str = "export id") -> None:
+    """Export and request ids are UUIDs; nothing else may reach an object key or a ledger query."""
+    if not isinstance(export_id, str) or not _EXPORT_ID.fullmatch(export_id):
+        raise RequestError(f"invalid {what} {str(export_id)[:80]!r}: expected a UUID such as the one "
+                           f"'{'request' if what == 'request id' else 'export'}' printed")
 
 
 def find_archive(export_id: str) -> tuple[ObjectStore, dict]:

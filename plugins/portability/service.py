@@ -116,7 +116,7 @@ def begin(conf: dict, dag_id: str, run_id: str) -> dict:
 def cancel(request_id: str) -> dict:
     """Withdraw a request; if nobody else waits for its export, the export is cancelled (its run stops at its next
     step, or the caller stops the DAG run)."""
-    export.check_export_id(request_id)
+    export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
         return ledger.cancel(conn, request_id)
 
@@ -248,7 +248,7 @@ def deadline_report(within_days: int = 7) -> list[dict]:
 
 
 def status(request_id: str) -> dict:
-    export.check_export_id(request_id)  # request ids are UUIDs too
+    export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
         return ledger.request_status(conn, request_id)
 

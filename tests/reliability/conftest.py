@@ -13,14 +13,19 @@ from urllib.parse import urlsplit
 
 import pytest
 
-SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-             b"<Message>Please reduce your request rate.</Message></Error>")
+# What S3 answers when it throttles, and when it fails inside; injected faults alternate between them.
+ANSWERS = (
+    (503, b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+          b"<Message>Please reduce your request rate.</Message></Error>"),
+    (500, b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+          b"<Message>We encountered an internal error. Please try again.</Message></Error>"),
+)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
 class FaultyS3:
     """Forwards every call to the real S3 server unchanged (so signatures still hold) except those that
-    `fails(method, path)` picks, which get 503 SlowDown without reaching the server."""
+    `fails(method, path)` picks, which get 503 SlowDown or 500 InternalError without reaching the server."""
 
     def __init__(self, upstream: str):
         target = urlsplit(upstream)
@@ -39,14 +44,15 @@ class FaultyS3:
                 with proxy._lock:
                     proxy.calls += 1
                     fail = proxy.fails(self.command, self.path)
+                    status, answer = ANSWERS[proxy.injected % len(ANSWERS)]
                     proxy.injected += fail
                 if fail:
-                    self.send_response(503)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(SLOW_DOWN)
+                        self.wfile.write(answer)
                     return
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=120)
                 try:
