@@ -32,8 +32,8 @@ def timestamp_text(array: pa.Array) -> pa.Array:
     """RFC 3339 in UTC with microseconds, `YYYY-MM-DDTHH:MM:SS.ffffffZ`; nulls stay null.
 
     Arrow's cast of a naive timestamp is ~10x faster than strftime; its text only needs the
-    'T' and the 'Z'. Years outside 0000-9999 render longer, and the infinities as words: both
-    fail the schema's pattern, so the record is quarantined showing the source's value.
+    'T' and the 'Z'. Years outside 0000-9999 render longer and the infinities as words; they
+    and year 0000 fail the schema's pattern, so the record is quarantined showing the source's value.
     """
     import numpy as np
 

@@ -103,6 +103,13 @@ def test_timestamp_text_equals_render_timestamp(values, others, tz, junk, data):
 STRINGS = st.one_of(TEXT, st.sampled_from(SPECIAL_STRINGS), st.text(st.sampled_from(SPECIAL_CHARS), max_size=6))
 
 
+def test_postgresql_infinities_as_the_driver_delivers_them_render_as_words():
+    # 'infinity' and '-infinity' (int64 max and min from 2000), shifted to 1970 by ADBC with wrap-around.
+    delivered = pa.array([-9222425352054775809, -9222425352054775808, 0, None], pa.int64())
+    rendered = rendering.timestamp_text(delivered.cast(pa.timestamp("us", tz="UTC"))).to_pylist()
+    assert rendered == ["infinity", "-infinity", "1970-01-01T00:00:00.000000Z", None]
+
+
 @SETTINGS
 @given(values=st.lists(st.one_of(st.none(), STRINGS), max_size=10), json_type=st.booleans(), junk=st.booleans(),
        data=st.data())
