@@ -29,11 +29,18 @@ class DatabaseUnavailable(RuntimeError):
     """A PostgreSQL server refused or dropped the connection; worth a retry."""
 
 
-def unreachable(conn_id: str, error: Exception) -> DatabaseUnavailable:
-    """The driver's first line (libpq never shows the password) and which connection to check."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return DatabaseUnavailable(f"cannot reach the database of Airflow connection {conn_id!r}: {reason}; check the "
-                               f"connection (AIRFLOW_CONN_{conn_id.upper()}) and that the server is up")
+def connect_postgres(conn_id: str, conninfo: str, **options):
+    """psycopg.connect, whose refusal names the Airflow connection to check: the driver's first line
+    (libpq never shows the password), never the conninfo."""
+    import psycopg
+
+    try:
+        return psycopg.connect(conninfo, **options)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot reach the database of Airflow connection {conn_id!r}: {reason}; check the connection "
+            f"(AIRFLOW_CONN_{conn_id.upper()}) and that the server is up") from None
 
 
 @dataclass(frozen=True)

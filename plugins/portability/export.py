@@ -442,8 +442,7 @@ class Link:
 def check_export_id(export_id: str, what: str = "export id") -> None:
     """Export and request ids are UUIDs; nothing else may reach an object key or a ledger query."""
     if not isinstance(export_id, str) or not _EXPORT_ID.fullmatch(export_id):
-        raise RequestError(f"invalid {what} {str(export_id)[:80]!r}: expected a UUID such as the one "
-                           f"'{'request' if what == 'request id' else 'export'}' printed")
+        raise RequestError(f"invalid {what} {str(export_id)[:80]!r}: expected a UUID, as printed when it was made")
 
 
 def find_archive(export_id: str) -> tuple[ObjectStore, dict]:

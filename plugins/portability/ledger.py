@@ -121,17 +121,12 @@ class Submission:
 @contextmanager
 def connect() -> Iterator:
     """A connection to the ledger's database, its tables created if missing."""
-    import psycopg
     from psycopg.rows import dict_row
 
     from portability import config
 
     conninfo = config.state_settings().conninfo
-    try:
-        connection = psycopg.connect(conninfo, row_factory=dict_row)
-    except psycopg.OperationalError as exc:
-        raise config.unreachable(config.STATE_CONN_ID, exc) from None
-    with connection as conn:
+    with config.connect_postgres(config.STATE_CONN_ID, conninfo, row_factory=dict_row) as conn:
         if conninfo not in _SCHEMA_READY:  # once per process: the view's replacement takes a strong lock
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
             conn.execute(_SCHEMA)

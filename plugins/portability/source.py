@@ -122,11 +122,7 @@ def snapshot(conninfo: str) -> Iterator[SourceSnapshot]:
     """Open one read-only snapshot of the source database, shareable with parallel readers."""
     import psycopg
 
-    try:
-        connection = psycopg.connect(conninfo, application_name="portability-export")
-    except psycopg.OperationalError as exc:
-        raise config.unreachable(config.SOURCE_CONN_ID, exc) from None
-    with connection as conn:
+    with config.connect_postgres(config.SOURCE_CONN_ID, conninfo, application_name="portability-export") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
