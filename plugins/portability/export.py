@@ -17,13 +17,14 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from portability import config
 from portability.mapping import load_mapping
+from portability.parts import ArchiveParts
 from portability.records import render_timestamp
 from portability.request import RequestError, parse_request
 from portability.schemas import SchemaSet
@@ -89,29 +90,37 @@ def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None 
     return _read_snapshot(plan, stage)
 
 
-def export_from_source(plan: dict, store: ObjectStore) -> tuple[dict, list[dict]]:
-    """Read and export every requested category in one pass, nothing staged but the output: the command's path.
+def export_from_source(plan: dict, store: ObjectStore, parts: ArchiveParts) -> tuple[dict, list[dict]]:
+    """Read and export every requested category in one pass, straight into the archive's parts: the command's path.
 
     Each category's pieces are validated and written in key order as they are read, so each
-    file's SHA-256 is taken on the way and packaging need not read the pieces back to hash them.
-    The segments are the same bytes as the staged route's, so the archive is too. Parquet is
-    assembled from staged rows, so a request for it takes `take_snapshot` instead.
-    Returns the snapshot and one shard result per category.
+    file's SHA-256 is taken on the way, and each file's deflated bytes go into the archive's
+    upload as they are made (see `parts`). The segments are the same bytes as the staged
+    route's, so the archive is too. Parquet is assembled from staged rows, so a request for it
+    takes `take_snapshot` instead. Returns the snapshot and one shard result per category.
     """
+    from portability.pieces import TEXT_FORMATS
+
     exported: dict[str, dict] = {}
 
+    def open_archive(where: dict, estimates: dict[str, int]) -> None:
+        kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
+        parts.open(where["bucket"], [(c, kind) for c in plan["categories"] for kind in kinds], estimates)
+
     def export(where: dict, category: str, rows) -> list[int]:
-        exported[category] = _export_category(plan, where, category, rows, store)
+        exported[category] = _export_category(plan, where, category, rows, store, parts)
         return [piece["rows"] for piece in exported[category]["pieces"]]
 
-    snapshot = _read_snapshot(plan, export)
+    snapshot = _read_snapshot(plan, export, on_open=open_archive)
     return snapshot, [exported[category] for category in plan["categories"]]
 
 
-def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list[int]]) -> dict:
+def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list[int]],
+                   on_open: Callable[[dict, dict[str, int]], None] | None = None) -> dict:
     """Open one snapshot and hand each requested category's rows to `read_category`, which returns its piece sizes.
 
     Categories are read on `_READERS` threads, the biggest first, each from its own connection.
+    `on_open(where, estimated_rows)` is told where the export goes before any is read.
     """
     from portability import memory, source
 
@@ -128,6 +137,8 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
         where = {"bucket": storage.bucket_for(account["region"]), "snapshot_at": _render(snap.snapshot_at)}
         estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan["categories"]}
         largest_first = sorted(plan["categories"], key=lambda c: -estimates[c])
+        if on_open:
+            on_open(where, estimates)
 
         def read(category: str) -> list[int]:
             with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
@@ -189,8 +200,11 @@ def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, ro
     return sizes
 
 
-def _export_category(plan: dict, where: dict, category: str, rows, store: ObjectStore) -> dict:
-    """Export a category's pieces in order straight from the source; a shard result with each file's SHA-256."""
+def _export_category(plan: dict, where: dict, category: str, rows, store: ObjectStore, parts: ArchiveParts) -> dict:
+    """Export a category's pieces in order straight from the source into the archive's parts.
+
+    Returns a shard result with each file's SHA-256.
+    """
     import hashlib
 
     from portability.pieces import TEXT_FORMATS
@@ -198,13 +212,22 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     schemas = SchemaSet()
     kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
     running = {kind: hashlib.sha256() for kind in kinds}  # each file's bytes pass here in order
+    files = {}  # kind -> FileParts, from the first piece that writes the kind to the last
+
+    def open_sink(kind: str):
+        if kind not in files:
+            files[kind] = parts.file(category, kind)
+        return nullcontext(files[kind])
+
     pieces = []
     with _prefetched(rows) as batches:
         for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
             pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where["bucket"],
-                                       running))
+                                       running, open_sink))
             log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1]["exported"],
                      pieces[-1]["quarantined"])
+    for file in files.values():
+        file.close()
     if not any(p["errors"] for p in pieces):
         del running["errors"]
     return {"category": category, "pieces": pieces,
@@ -306,13 +329,17 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
 
 
 def _write_piece(plan: dict, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
-                 bucket: str, running: dict | None = None) -> dict:
-    """One piece's segments (and quarantine list) under the export's staging keys; see `pieces.export_piece`."""
+                 bucket: str, running: dict | None = None, open_sink: Callable | None = None) -> dict:
+    """One piece's segments (and quarantine list), each under its staging key unless `open_sink` says where.
+
+    See `pieces.export_piece`.
+    """
     from portability.pieces import export_piece
 
     return export_piece(
         plan, category, piece, batches, schemas, store=store, bucket=bucket,
-        segment_key=lambda kind: _segment_key(plan["export_id"], category, piece, kind),
+        open_sink=open_sink or (lambda kind: store.upload(bucket, _segment_key(plan["export_id"], category, piece,
+                                                                                kind))),
         invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
     )
 
@@ -366,8 +393,11 @@ def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> l
     return results
 
 
-def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
-    """Zip the bag straight into the archive's multipart upload; it appears only when complete."""
+def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: ArchiveParts | None = None) -> dict:
+    """Zip the bag straight into the archive's multipart upload; it appears only when complete.
+
+    With `parts`, the text files' middles are already in that upload (the command's route).
+    """
     from portability import memory, packaging
 
     memory.limit_retention()
@@ -378,6 +408,8 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
     key = archive_key(export_id, account_id, storage.key_secret)
     if store.exists(bucket, key):
         log.info("export %s is already published; keeping it", export_id)
+        if parts:
+            parts.abort()
         return _published_summary(store, bucket, key)
 
     results = category_results(plan, snapshot, shard_results)
@@ -387,15 +419,21 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
                                                        snapshot["snapshot_at"]),
         invalid_rows=lambda category, piece: json.loads(
             store.read_bytes(bucket, _invalid_rows_key(export_id, category, piece))),
+        parts=parts,
     )
-    snapshot_at = datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00"))
+    archive = partial(packaging.write_archive, plan=plan, snapshot=snapshot, results=results, schemas=schemas,
+                      sources=sources, root=f"{account_id}-{export_id}", organization=config.organization_name(),
+                      snapshot_at=datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00")))
     try:
-        with store.upload(bucket, key, content_type="application/zip", create_only=True,
-                          part_bytes=ARCHIVE_PART_BYTES) as upload:
-            described = packaging.write_archive(
-                upload, plan=plan, snapshot=snapshot, results=results, schemas=schemas, sources=sources,
-                root=f"{account_id}-{export_id}", snapshot_at=snapshot_at, organization=config.organization_name(),
-            )
+        if parts:
+            router = parts.router()
+            described = archive(router)
+            size, sha256 = parts.finish(router)
+        else:
+            with store.upload(bucket, key, content_type="application/zip", create_only=True,
+                              part_bytes=ARCHIVE_PART_BYTES) as upload:
+                described = archive(upload)
+            size, sha256 = upload.bytes_written, upload.sha256
     except AlreadyPublished:
         log.info("export %s was published by another run meanwhile; keeping that one", export_id)
         return _published_summary(store, bucket, key)
@@ -405,8 +443,8 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict]) -> dict:
         "region": snapshot["region"],
         "bucket": bucket,
         "key": key,
-        "bytes": upload.bytes_written,
-        "sha256": upload.sha256,
+        "bytes": size,
+        "sha256": sha256,
         "snapshot_at": snapshot["snapshot_at"],
         "counts": {r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")}
                    for r in described},
@@ -477,8 +515,14 @@ def run_export(conf: dict, export_id: str) -> dict:
     try:
         store = ObjectStore(config.storage_settings())
         if "parquet" not in current["formats"]:
-            snapshot, shard_results = export_from_source(current, store)
-            return package(current, snapshot, shard_results)
+            key = archive_key(export_id, current["account_id"], store.settings.key_secret)
+            parts = ArchiveParts(store, key, f"staging/{export_id}/parts/")
+            try:
+                snapshot, shard_results = export_from_source(current, store, parts)
+                return package(current, snapshot, shard_results, parts)
+            except BaseException:
+                parts.abort()  # the parts sent hold personal data: none may outlive a failed run
+                raise
         # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
         # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
         # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.

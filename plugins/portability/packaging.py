@@ -20,6 +20,7 @@ from datetime import datetime
 from functools import partial
 
 from portability import __version__
+from portability.parts import ArchiveParts
 from portability.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
 from portability.schemas import SchemaSet, arrow_schema, table_schema
 from portability.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
@@ -37,6 +38,9 @@ class StagedSources:
     open_segment: Callable[[str, int, str], object]  # (category, piece, kind) -> readable stream
     open_piece: Callable[[str, int], object]         # (category, piece) -> Arrow record batch reader
     invalid_rows: Callable[[str, int], list[int]]    # (category, piece) -> quarantined row offsets
+    # The command's route: text files already on their way into the archive's parts (see `parts`);
+    # the sink is then that archive's PartRouter.
+    parts: ArchiveParts | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,12 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
         return [(Segment(**(p["errors"] if kind == "errors" else p["files"][kind])),
                  partial(sources.open_segment, category, p["piece"], kind)) for p in pieces]
 
+    def write_text(path: str, category: str, kind: str, parts: list[tuple[Segment, Callable]]) -> int:
+        if sources.parts is None:
+            return _write_segments(archive, entry(path, True), parts)
+        return _write_sent_file(archive, entry(path, True), [segment for segment, _ in parts], sources.parts,
+                                category, kind)
+
     described, payload = [], []
     # The SHA-256 of a text file needs its raw bytes. Unless the export hashed them in order as it
     # wrote them, hashers read and inflate the staged pieces again, on the other cores, while this
@@ -184,7 +194,7 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                 if fmt in TEXT_FORMATS:
                     parts = segments(category, pieces, fmt)
                     sha256 = result["sha256"].get(fmt) or hashers.submit(_digest, parts)
-                    size = _write_segments(archive, entry(path, True), parts)
+                    size = write_text(path, category, fmt, parts)
                 else:
                     size, sha256 = _write_parquet(archive, entry(path, False), schemas, category, pieces, sources)
                 files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
@@ -194,7 +204,7 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                 path = f"data/errors/{category}.jsonl"
                 parts = segments(category, with_errors, "errors")
                 sha256 = result["sha256"].get("errors") or hashers.submit(_digest, parts)
-                errors = {"path": path, "format": "jsonl", "bytes": _write_segments(archive, entry(path, True), parts),
+                errors = {"path": path, "format": "jsonl", "bytes": write_text(path, category, "errors", parts),
                           "sha256": sha256}
             described.append({"category": category, "source_count": result["source_count"],
                               "exported": result["exported"], "quarantined": result["quarantined"],
@@ -214,13 +224,39 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
 
 
 def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list) -> int:
-    """One deflated entry made of pre-compressed segments, copied as they are; returns the raw size.
+    """One deflated entry made of pre-compressed segments, copied as they are; returns the raw size."""
+    def copy() -> None:
+        for segment, open_segment in segments:
+            _copy(open_segment(), archive.fp, segment.deflated_bytes, f"a staged piece of {info.filename}")
+
+    return _write_deflated(archive, info, combine([segment for segment, _ in segments]), copy)
+
+
+def _write_sent_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list[Segment], parts: ArchiveParts,
+                     category: str, kind: str) -> int:
+    """One deflated entry whose middle is already in the archive's parts: its head, a skip, its tail."""
+    layout = parts.layout(category, kind)
+    total = combine(segments)
+
+    def copy() -> None:
+        if layout.total != total.deflated_bytes - len(FINAL_BLOCK):
+            raise ValueError(f"{info.filename}: its parts hold {layout.total} bytes, not the "
+                             f"{total.deflated_bytes - len(FINAL_BLOCK)} its pieces wrote; rerun the export")
+        _copy(parts.open_head(category, kind), archive.fp, layout.head_bytes, f"the staged head of {info.filename}")
+        archive.fp.skip(layout.middles)
+        if layout.middles or layout.tail_bytes:
+            _copy(parts.open_tail(category, kind), archive.fp, layout.tail_bytes, f"the staged tail of {info.filename}")
+
+    return _write_deflated(archive, info, total, copy)
+
+
+def _write_deflated(archive: zipfile.ZipFile, info: zipfile.ZipInfo, total: Segment, copy: Callable[[], None]) -> int:
+    """A deflated entry whose compressed bytes `copy` writes; returns the raw size.
 
     zipfile cannot take compressed data, so the entry is written the way zipfile writes one
     (its header and central-directory record come from zipfile itself) with the sizes and CRC
     known up front from the pieces.
     """
-    total = combine([segment for segment, _ in segments])
     info.CRC, info.file_size, info.compress_size = total.crc32, total.raw_bytes, total.deflated_bytes
     info.flag_bits = 0  # sizes and CRC are in the local header: no data descriptor
     zip64 = total.raw_bytes > zipfile.ZIP64_LIMIT or total.deflated_bytes > zipfile.ZIP64_LIMIT
@@ -228,19 +264,22 @@ def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: l
     archive._writecheck(info)
     archive._didModify = True
     archive.fp.write(info.FileHeader(zip64))
-    for segment, open_segment in segments:
-        stream, copied = open_segment(), 0
-        while chunk := stream.read(_COPY_BYTES):
-            archive.fp.write(chunk)
-            copied += len(chunk)
-        if copied != segment.deflated_bytes:
-            raise ValueError(f"a staged piece of {info.filename} holds {copied} bytes, not the "
-                             f"{segment.deflated_bytes} its export wrote: a staged object changed; rerun the export")
+    copy()
     archive.fp.write(FINAL_BLOCK)
     archive.filelist.append(info)
     archive.NameToInfo[info.filename] = info
     archive.start_dir = archive.fp.tell()
     return total.raw_bytes
+
+
+def _copy(stream, target, expected: int, what: str) -> None:
+    copied = 0
+    while chunk := stream.read(_COPY_BYTES):
+        target.write(chunk)
+        copied += len(chunk)
+    if copied != expected:
+        raise ValueError(f"{what} holds {copied} bytes, not the {expected} its export wrote: a staged object "
+                         "changed; rerun the export")
 
 
 def _digest(segments: list) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +18,7 @@ import pyarrow.csv as pa_csv
 
 from portability.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.schemas import SchemaSet
-from portability.segments import SegmentWriter
+from portability.segments import PipelinedWriter, SegmentWriter
 from portability.validation import BatchValidator, InvalidRecords
 
 TEXT_FORMATS = ("csv", "jsonl")
@@ -42,10 +42,13 @@ def _csv_rows(rendered: RenderedBatch) -> bytes:
 
 
 def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
-                 segment_key: Callable[[str], str], invalid_rows_key: str, running: dict | None = None) -> dict:
+                 open_sink: Callable[[str], AbstractContextManager], invalid_rows_key: str,
+                 running: dict | None = None) -> dict:
     """Validate a piece's batches and write its segment of each text file.
 
-    `running` hashes, by kind (a format or 'errors'), are updated with the raw bytes written.
+    `open_sink(kind)` (kind: a format or 'errors') gives the stream a segment is deflated into;
+    the errors stream is opened only for a piece with invalid records. `running` hashes, by
+    kind, are updated with the raw bytes written.
     """
     validator = BatchValidator(schemas, category)
     columns = validator.columns
@@ -54,10 +57,12 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
     running = running or {}
     invalid_rows: list[int] = []
     with ExitStack() as stack:
-        writers = {
-            fmt: SegmentWriter(stack.enter_context(store.upload(bucket, segment_key(fmt))), running.get(fmt))
-            for fmt in formats
-        }
+        def writer(kind: str) -> PipelinedWriter:
+            pipelined = PipelinedWriter(SegmentWriter(stack.enter_context(open_sink(kind)), running.get(kind)))
+            stack.callback(pipelined.stop)  # on failure too: no thread outlives the piece
+            return pipelined
+
+        writers = {fmt: writer(fmt) for fmt in formats}
         errors = None
         if piece == 0 and "csv" in writers:
             writers["csv"].write(csv_header(columns))
@@ -70,8 +75,7 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
                     raise InvalidRecords(_invalid_message(category, piece * plan["piece_rows"] + rows + row,
                                                           rendered, row, verdict.problems[row]))
                 if errors is None:
-                    errors = SegmentWriter(stack.enter_context(store.upload(bucket, segment_key("errors"))),
-                                           running.get("errors"))
+                    errors = writer("errors")
                 errors.write(_error_lines(rendered, verdict.problems))
                 invalid_rows += [rows + row for row in sorted(verdict.problems)]
                 rendered = rendered.filter(verdict.valid)

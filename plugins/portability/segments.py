@@ -62,6 +62,53 @@ class SegmentWriter:
             self._deflated += len(data)
 
 
+class PipelinedWriter:
+    """A SegmentWriter fed from another thread: the caller hands over raw bytes and goes on with the next batch.
+
+    ISA-L, CRC-32 and SHA-256 release the GIL, so one file's deflating and hashing run beside the
+    Arrow work of the next batch and the other files' deflating. Bytes keep their order: each
+    writer has one thread. At most `depth` chunks wait, so memory stays bounded.
+    """
+
+    def __init__(self, writer: SegmentWriter, depth: int = 1):
+        import queue
+        import threading
+
+        self._writer = writer
+        self._chunks: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="deflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (data := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write(data)
+                except BaseException as exc:  # raised in the caller's thread at its next write or close
+                    self._error = exc
+
+    def write(self, data) -> None:
+        self._raise_if_failed()
+        if len(data):
+            self._chunks.put(data)
+
+    def close(self) -> Segment:
+        self.stop()
+        self._raise_if_failed()
+        return self._writer.close()
+
+    def stop(self) -> None:
+        """Let the thread finish what it holds and end; safe to call more than once."""
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
 def combine(segments: list[Segment]) -> Segment:
     """The whole file's raw length, CRC-32 and compressed length (with the final block)."""
     crc = raw = deflated = 0

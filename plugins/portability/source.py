@@ -17,7 +17,7 @@ from portability.schemas import Column, arrow_schema
 
 # PostgreSQL types whose text PostgreSQL itself guarantees to be valid JSON.
 JSON_TYPES = ("json", "jsonb")
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 2 * 1024 * 1024  # 4 MiB was 4% faster, but 70 MiB more at peak with two readers
 
 
 class SourceSnapshot:

@@ -182,6 +182,83 @@ class UploadStream(io.RawIOBase):
         self._thread.join(timeout=60)
 
 
+class PartUpload:
+    """A multipart upload whose parts are sent by number, in any order, by several writers.
+
+    The transfer manager numbers parts in the order it reads them; an archive written while its
+    files are still being produced needs each part at a number it chose. Parts go out on two
+    threads with at most `_IN_FLIGHT` held at once; botocore retries each one (a part is bytes,
+    so it can be resent). Nothing is visible until `complete`, and `abort` leaves nothing behind.
+    """
+
+    _IN_FLIGHT = 2
+
+    def __init__(self, client, bucket: str, key: str, extra_args: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._client, self._bucket, self._key = client, bucket, key
+        try:
+            self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
+        except Exception as exc:
+            raise StorageError(f"upload failed: {_brief(exc)}") from exc
+        self._senders = ThreadPoolExecutor(2, thread_name_prefix="part")
+        self._slots = threading.BoundedSemaphore(self._IN_FLIGHT)
+        self._lock = threading.Lock()
+        self._sent: dict[int, tuple[str, int]] = {}  # number -> (ETag, bytes)
+        self._pending: list = []
+        self._error: BaseException | None = None
+
+    def send(self, number: int, data: bytes) -> None:
+        """Queue part `number`; blocks while `_IN_FLIGHT` parts are on their way."""
+        self._raise_if_failed()
+        self._slots.acquire()
+        try:
+            self._pending.append(self._senders.submit(self._send, number, data))
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _send(self, number: int, data: bytes) -> None:
+        try:
+            if self._error is None:
+                answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                  PartNumber=number, Body=data)
+                with self._lock:
+                    self._sent[number] = (answer["ETag"], len(data))
+        except BaseException as exc:
+            self._error = self._error or exc
+        finally:
+            self._slots.release()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+
+    def complete(self) -> int:
+        """Wait for every part and make the object; returns its size."""
+        for future in self._pending:
+            future.result()
+        self._senders.shutdown()
+        self._raise_if_failed()
+        parts = [{"PartNumber": n, "ETag": etag} for n, (etag, _) in sorted(self._sent.items())]
+        try:
+            self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                   MultipartUpload={"Parts": parts})
+        except Exception as exc:
+            if _is_precondition_failure(exc):
+                self.abort()
+                raise AlreadyPublished("the object already exists") from exc
+            raise StorageError(f"upload failed: {_brief(exc)}") from exc
+        return sum(size for _, size in self._sent.values())
+
+    def abort(self) -> None:
+        """Drop every part sent so far: nothing becomes visible."""
+        self._error = self._error or UploadAborted("the upload is abandoned")
+        self._senders.shutdown(wait=True, cancel_futures=True)
+        with suppress(Exception):
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
+
+
 def _drain(chunks: queue.Queue) -> None:
     try:
         while True:
@@ -232,6 +309,11 @@ class ObjectStore:
             stream.abort()
             raise
         stream.finish()
+
+    def part_upload(self, bucket: str, key: str, *, content_type: str, create_only: bool = False) -> PartUpload:
+        """A multipart upload to `bucket/key` filled by part number; see `PartUpload`."""
+        client = make_client(self.settings, create_only=True) if create_only else self.client
+        return PartUpload(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"})
 
     def open(self, bucket: str, key: str):
         """A readable stream of an object's bytes."""

@@ -1,0 +1,241 @@
+"""The command's archive, uploaded while its files are made: each big file's middle goes straight to its place.
+
+On the staged route every piece's deflated segments are stored in staging and packaging copies
+them into the archive, so each byte is stored twice (on a local S3 server a stored GiB costs
+about 11 CPU-seconds, more than deflating it). On the command's one-pass route the archive's
+multipart upload is opened before the source is read, and each text file's deflated bytes go,
+as they are made, into parts at numbers reserved for that file: S3 orders parts by number, not
+by arrival. Only what packaging writes around them is staged: each file's first `EDGE_BYTES`
+(they share a part with the ZIP header, whose CRC and sizes are known only at the end) and its
+last ones (every part but the archive's last must hold 5 MiB), or the whole of a smaller file.
+
+Packaging then writes the archive exactly as on the staged route, into a `PartRouter`, which
+sends what it is given as parts between the uploaded middles and steps over those. So the
+archive's bytes are the same on both routes; its SHA-256 is read back from the stored object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from portability.storage import ObjectStore, PartUpload, StorageError
+
+MIN_PART = 5 * 1024 * 1024    # S3's smallest part, except an upload's last
+EDGE_BYTES = MIN_PART         # a big file's staged head, and the least its staged tail holds
+PART_BYTES = 8 * 1024 * 1024  # a middle part: 10,000 of them make 80 GB
+MAX_PARTS = 10_000            # S3's most parts in one upload
+ROUTER_NUMBERS = 8            # numbers before each file's middles, for what packaging writes there
+FINAL_NUMBERS = 64            # numbers after every middle: the small files, descriptions and directory
+_MIN_SLOT = 64                # the fewest middle numbers a file gets, whatever the estimates say
+_READ_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileLayout:
+    """Where one file's deflated bytes are: head staged, middles sent as parts, tail staged."""
+
+    head_bytes: int
+    middles: tuple[tuple[int, int], ...]  # (part number, bytes), in order
+    tail_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.head_bytes + sum(size for _, size in self.middles) + self.tail_bytes
+
+
+def allot_numbers(files: list[tuple[str, str]], weights: dict[str, float]) -> dict[tuple[str, str], range]:
+    """The middle part numbers of each (category, kind) in archive order, shared out by each category's weight.
+
+    Every file gets `ROUTER_NUMBERS` numbers before its middles, so packaging can send what comes
+    before them (its header and head, smaller files) as parts numbered in between.
+    """
+    spare = MAX_PARTS - FINAL_NUMBERS - len(files) * (ROUTER_NUMBERS + _MIN_SLOT)
+    if spare < 0:
+        raise ValueError(f"{len(files)} files do not fit in one upload's {MAX_PARTS} parts")
+    total = sum(max(weights.get(category, 0), 1) for category, _ in files)
+    ranges, number = {}, 1
+    for category, kind in files:
+        share = int(spare * max(weights.get(category, 0), 1) / total)
+        number += ROUTER_NUMBERS
+        ranges[(category, kind)] = range(number, number + _MIN_SLOT + share)
+        number += _MIN_SLOT + share
+    return ranges
+
+
+class FileParts:
+    """One text file's deflated bytes, written in order: the head and tail staged, the middle sent as parts."""
+
+    def __init__(self, store: ObjectStore, bucket: str, upload: PartUpload, numbers: range,
+                 head_key: str, tail_key: str, what: str, on_close: Callable[[FileLayout], None]):
+        self._store, self._bucket, self._upload, self._on_close = store, bucket, upload, on_close
+        self._numbers, self._head_key, self._tail_key, self._what = iter(numbers), head_key, tail_key, what
+        self._buffer = bytearray()
+        self._head_bytes: int | None = None
+        self._middles: list[tuple[int, int]] = []
+
+    def write(self, data) -> int:
+        self._buffer += data
+        if self._head_bytes is None and len(self._buffer) >= EDGE_BYTES:
+            self._put(self._head_key, EDGE_BYTES)
+            self._head_bytes = EDGE_BYTES
+        # Keep EDGE_BYTES back: the file may end right after, and its tail must fill a part.
+        while self._head_bytes is not None and len(self._buffer) >= PART_BYTES + EDGE_BYTES:
+            number = next(self._numbers, None)
+            if number is None:
+                raise StorageError(
+                    f"{self._what} is larger than its share of the archive's {MAX_PARTS} parts (the source's row "
+                    "estimates were far off): run ANALYZE on the source tables, or export through the "
+                    "account_export DAG, which stages every piece"
+                )
+            self._upload.send(number, bytes(memoryview(self._buffer)[:PART_BYTES]))
+            del self._buffer[:PART_BYTES]
+            self._middles.append((number, PART_BYTES))
+        return len(data)
+
+    def close(self) -> FileLayout:
+        """Stage what is left: the tail of a big file, or the whole of a small one."""
+        if self._head_bytes is None:
+            self._head_bytes = len(self._buffer)
+            self._put(self._head_key, len(self._buffer))
+            layout = FileLayout(self._head_bytes, (), 0)
+        else:
+            tail = len(self._buffer)
+            self._put(self._tail_key, tail)
+            layout = FileLayout(self._head_bytes, tuple(self._middles), tail)
+        self._on_close(layout)
+        return layout
+
+    def _put(self, key: str, size: int) -> None:
+        self._store.put_bytes(self._bucket, key, bytes(memoryview(self._buffer)[:size]),
+                              content_type="application/octet-stream")
+        del self._buffer[:size]
+
+
+class ArchiveParts:
+    """The archive's multipart upload, opened once the bucket is known, with each file's share of part numbers."""
+
+    def __init__(self, store: ObjectStore, key: str, staging_prefix: str):
+        self._store, self._key, self._staging_prefix = store, key, staging_prefix
+        self._lock = threading.Lock()
+        self.bucket: str | None = None
+        self.upload: PartUpload | None = None
+        self._numbers: dict[tuple[str, str], range] = {}
+        self._layouts: dict[tuple[str, str], FileLayout] = {}
+
+    def open(self, bucket: str, files: list[tuple[str, str]], weights: dict[str, float]) -> None:
+        self._numbers = allot_numbers(files, weights)
+        self.bucket = bucket
+        self.upload = self._store.part_upload(bucket, self._key, content_type="application/zip", create_only=True)
+
+    def file(self, category: str, kind: str) -> FileParts:
+        base = f"{self._staging_prefix}{category}/{kind}"
+        return FileParts(self._store, self.bucket, self.upload, self._numbers[(category, kind)],
+                         f"{base}.head.deflate", f"{base}.tail.deflate", f"{category} ({kind})",
+                         on_close=lambda layout: self._layouts.__setitem__((category, kind), layout))
+
+    def layout(self, category: str, kind: str) -> FileLayout:
+        return self._layouts[(category, kind)]
+
+    def open_head(self, category: str, kind: str):
+        return self._store.open(self.bucket, f"{self._staging_prefix}{category}/{kind}.head.deflate")
+
+    def open_tail(self, category: str, kind: str):
+        return self._store.open(self.bucket, f"{self._staging_prefix}{category}/{kind}.tail.deflate")
+
+    def router(self) -> PartRouter:
+        return PartRouter(self.upload, [layout.middles[0][0] for layout in self._layouts.values() if layout.middles])
+
+    def finish(self, router: PartRouter) -> tuple[int, str]:
+        """Send the last part, make the object and read it back; returns its size and SHA-256."""
+        router.close()
+        size = self.upload.complete()
+        try:
+            if size != router.tell():
+                raise StorageError(f"the archive's parts hold {size} bytes, not the {router.tell()} written: "
+                                   "rerun the export")
+            digest, stream, read = hashlib.sha256(), self._store.open(self.bucket, self._key), 0
+            while chunk := stream.read(_READ_BYTES):
+                digest.update(chunk)
+                read += len(chunk)
+            if read != size:
+                raise StorageError(f"the stored archive holds {read} bytes, not {size}: rerun the export")
+        except BaseException:
+            # Without its checksum the archive cannot be announced: it must not stay published.
+            self._store.delete_prefix(self.bucket, self._key)
+            raise
+        return size, digest.hexdigest()
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            self.upload.abort()
+
+
+class PartRouter:
+    """A write-only stream of the archive's bytes: sent as parts around the middles already uploaded.
+
+    `skip(middles)` stands for bytes already sent as those parts. Everything written before a
+    middle goes out as parts numbered below it; when few numbers are left before the next
+    middle, parts grow instead of running out.
+    """
+
+    def __init__(self, upload: PartUpload, middle_starts: list[int]):
+        self._upload = upload
+        self._starts = sorted(middle_starts)  # the first number of each file's middles, in archive order
+        self._buffer = bytearray()
+        self._position = 0
+        self._last_number = 0  # the highest part number used so far
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, data) -> int:
+        self._buffer += data
+        self._position += len(data)
+        # Keep MIN_PART back, and one number: what is left must fill the part sent before the next middle.
+        while len(self._buffer) >= PART_BYTES + MIN_PART and self._room() > 1:
+            self._send(PART_BYTES)
+        return len(data)
+
+    def skip(self, middles: tuple[tuple[int, int], ...]) -> None:
+        """The bytes of these parts, already uploaded, come next."""
+        if not middles:
+            return
+        if not self._starts or middles[0][0] != self._starts[0]:
+            raise StorageError("the archive's files came out of order: this is a bug, rerun the export")
+        if self._buffer:
+            if len(self._buffer) < MIN_PART:
+                raise StorageError("a part before an uploaded middle is under 5 MiB: this is a bug, rerun the export")
+            self._send(len(self._buffer))
+        self._starts.pop(0)
+        self._last_number = middles[-1][0]
+        self._position += sum(size for _, size in middles)
+
+    def close(self) -> None:
+        if self._starts:
+            raise StorageError("the archive ended before every uploaded middle: this is a bug, rerun the export")
+        if self._buffer or not self._last_number:
+            self._send(len(self._buffer))
+
+    def _room(self) -> int:
+        below = self._starts[0] if self._starts else MAX_PARTS + 1
+        return below - 1 - self._last_number
+
+    def _send(self, size: int) -> None:
+        if self._room() < 1:
+            raise StorageError(f"the archive needs more than {MAX_PARTS} parts: export through the account_export DAG")
+        number = self._last_number + 1
+        self._upload.send(number, bytes(memoryview(self._buffer)[:size]))
+        del self._buffer[:size]
+        self._last_number = number
