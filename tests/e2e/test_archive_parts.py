@@ -13,7 +13,7 @@ import pytest
 
 from tests.archive_checks import check_counts_and_isolation, check_standard_tools, csv_rows, jsonl, unpack
 from tests.conftest import BAD_ACCOUNT
-from tests.e2e.test_sharding import PIECE_ROWS, _archive, _data_entries
+from tests.e2e.test_sharding import _data_entries, staged_route_archive
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "bigfiles-00001"
@@ -68,14 +68,7 @@ def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_f
     assert _part_count(store, summary["bucket"], summary["key"]) >= 2 * 2 + 3
     assert not _open_uploads(store, summary["bucket"], summary["export_id"])
     assert not list(store.keys(summary["bucket"], f"staging/{summary['export_id']}/"))
-
-    plan = export.plan(conf, str(uuid.uuid4()))
-    snapshot = export.take_snapshot(plan)
-    try:
-        staged, _ = _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)
-    finally:
-        export.cleanup(plan, snapshot)
-    assert _data_entries(archive) == _data_entries(staged)
+    assert _data_entries(archive) == _data_entries(staged_route_archive(store, conf))
 
     (tmp_path / "a.zip").write_bytes(archive)
     root = unpack(tmp_path / "a.zip", tmp_path)

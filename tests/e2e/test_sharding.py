@@ -28,6 +28,18 @@ def _archive(store, plan: dict, snapshot: dict, shard_rows: int, reverse: bool) 
     return data, len(work)
 
 
+def staged_route_archive(store, conf: dict) -> bytes:
+    """The archive of `conf` exported as the DAG does: snapshot staged, one shard per piece, run in reverse."""
+    from portability import export
+
+    plan = export.plan(conf, str(uuid.uuid4()))
+    snapshot = export.take_snapshot(plan)
+    try:
+        return _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)[0]
+    finally:
+        export.cleanup(plan, snapshot)
+
+
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
 def test_sharded_archive_is_byte_identical(seeded, store, db, monkeypatch, tmp_path, account):
     from portability import export
@@ -99,13 +111,7 @@ def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store,
     conf = {"account_id": account, "formats": ["csv", "jsonl"]}
     summary = export.run_export(conf, str(uuid.uuid4()))
     one_pass = store.read_bytes(summary["bucket"], summary["key"])
-
-    plan = export.plan(conf, str(uuid.uuid4()))
-    snapshot = export.take_snapshot(plan)
-    try:
-        staged, _ = _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)
-    finally:
-        export.cleanup(plan, snapshot)
+    staged = staged_route_archive(store, conf)
     assert not list(store.keys(summary["bucket"], f"staging/{summary['export_id']}/"))  # the command cleaned up
 
     files = _data_entries(one_pass)
