@@ -17,7 +17,6 @@ archive's bytes are the same on both routes; its SHA-256 is read back from the s
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,7 +118,6 @@ class ArchiveParts:
 
     def __init__(self, store: ObjectStore, key: str, staging_prefix: str):
         self._store, self._key, self._staging_prefix = store, key, staging_prefix
-        self._lock = threading.Lock()
         self.bucket: str | None = None
         self.upload: PartUpload | None = None
         self._numbers: dict[tuple[str, str], range] = {}
