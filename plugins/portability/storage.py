@@ -362,9 +362,13 @@ class ObjectStore:
         return len(objects)
 
     def set_expiry_rules(self, bucket: str, days_by_prefix: dict[str, int]) -> list[dict]:
-        """Lifecycle rules that delete objects under each prefix after so many days; returns the rules set."""
+        """Lifecycle rules that delete objects under each prefix after so many days; returns the rules set.
+
+        Uploads left incomplete (a killed export's parts hold personal data too) are dropped after a day.
+        """
         rules = [{"ID": f"portability-expire-{prefix.strip('/')}", "Filter": {"Prefix": prefix}, "Status": "Enabled",
-                  "Expiration": {"Days": days}} for prefix, days in sorted(days_by_prefix.items())]
+                  "Expiration": {"Days": days}, "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+                 for prefix, days in sorted(days_by_prefix.items())]
         self.client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
         return self.client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
 

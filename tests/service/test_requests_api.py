@@ -185,6 +185,7 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     assert (record["state"], record["expiry_reason"]) == ("expired", "retention")
     rules = store.client.get_bucket_lifecycle_configuration(Bucket=summary["bucket"])["Rules"]
     assert {r["Filter"]["Prefix"]: r["Expiration"]["Days"] for r in rules} == {"exports/": 31, "staging/": 2}
+    assert all(r["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1} for r in rules)
 
 
 def test_no_link_or_credential_in_task_logs_or_xcom(requested, airflow_server, api):
