@@ -242,10 +242,13 @@ def _write_sent_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: 
         if layout.total != total.deflated_bytes - len(FINAL_BLOCK):
             raise ValueError(f"{info.filename}: its parts hold {layout.total} bytes, not the "
                              f"{total.deflated_bytes - len(FINAL_BLOCK)} its pieces wrote; rerun the export")
-        _copy(parts.open_head(category, kind), archive.fp, layout.head_bytes, f"the staged head of {info.filename}")
+        def staged(end: str, size: int) -> None:
+            _copy(parts.open_staged(category, kind, end), archive.fp, size, f"the staged {end} of {info.filename}")
+
+        staged("head", layout.head_bytes)
         archive.fp.skip(layout.middles)
         if layout.middles or layout.tail_bytes:
-            _copy(parts.open_tail(category, kind), archive.fp, layout.tail_bytes, f"the staged tail of {info.filename}")
+            staged("tail", layout.tail_bytes)
 
     return _write_deflated(archive, info, total, copy)
 

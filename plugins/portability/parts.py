@@ -20,11 +20,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from portability.storage import ObjectStore, PartUpload, StorageError
+from portability.storage import MIN_PART_BYTES, ObjectStore, PartUpload, StorageError
 
-MIN_PART = 5 * 1024 * 1024    # S3's smallest part, except an upload's last
-EDGE_BYTES = MIN_PART         # a big file's staged head, and the least its staged tail holds
-PART_BYTES = 8 * 1024 * 1024  # a middle part: 10,000 of them make 80 GB
+EDGE_BYTES = MIN_PART_BYTES     # a big file's staged head, and the least its staged tail holds
+MIDDLE_BYTES = 8 * 1024 * 1024  # a part sent while the file is written: 10,000 of them make 80 GB
 MAX_PARTS = 10_000            # S3's most parts in one upload
 ROUTER_NUMBERS = 8            # numbers before each file's middles, for what packaging writes there
 FINAL_NUMBERS = 64            # numbers after every middle: the small files, descriptions and directory
@@ -81,7 +80,7 @@ class FileParts:
             self._put(self._head_key, EDGE_BYTES)
             self._head_bytes = EDGE_BYTES
         # Keep EDGE_BYTES back: the file may end right after, and its tail must fill a part.
-        while self._head_bytes is not None and len(self._buffer) >= PART_BYTES + EDGE_BYTES:
+        while self._head_bytes is not None and len(self._buffer) >= MIDDLE_BYTES + EDGE_BYTES:
             number = next(self._numbers, None)
             if number is None:
                 raise StorageError(
@@ -89,9 +88,9 @@ class FileParts:
                     "estimates were far off): run ANALYZE on the source tables, or export through the "
                     "account_export DAG, which stages every piece"
                 )
-            self._upload.send(number, bytes(memoryview(self._buffer)[:PART_BYTES]))
-            del self._buffer[:PART_BYTES]
-            self._middles.append((number, PART_BYTES))
+            self._upload.send(number, bytes(memoryview(self._buffer)[:MIDDLE_BYTES]))
+            del self._buffer[:MIDDLE_BYTES]
+            self._middles.append((number, MIDDLE_BYTES))
         return len(data)
 
     def close(self) -> FileLayout:
@@ -129,19 +128,20 @@ class ArchiveParts:
         self.upload = self._store.part_upload(bucket, self._key, content_type="application/zip", create_only=True)
 
     def file(self, category: str, kind: str) -> FileParts:
-        base = f"{self._staging_prefix}{category}/{kind}"
         return FileParts(self._store, self.bucket, self.upload, self._numbers[(category, kind)],
-                         f"{base}.head.deflate", f"{base}.tail.deflate", f"{category} ({kind})",
+                         self._staged_key(category, kind, "head"), self._staged_key(category, kind, "tail"),
+                         f"{category} ({kind})",
                          on_close=lambda layout: self._layouts.__setitem__((category, kind), layout))
 
     def layout(self, category: str, kind: str) -> FileLayout:
         return self._layouts[(category, kind)]
 
-    def open_head(self, category: str, kind: str):
-        return self._store.open(self.bucket, f"{self._staging_prefix}{category}/{kind}.head.deflate")
+    def open_staged(self, category: str, kind: str, end: str):
+        """The staged 'head' or 'tail' of a file."""
+        return self._store.open(self.bucket, self._staged_key(category, kind, end))
 
-    def open_tail(self, category: str, kind: str):
-        return self._store.open(self.bucket, f"{self._staging_prefix}{category}/{kind}.tail.deflate")
+    def _staged_key(self, category: str, kind: str, end: str) -> str:
+        return f"{self._staging_prefix}{category}/{kind}.{end}.deflate"
 
     def router(self) -> PartRouter:
         return PartRouter(self.upload, [layout.middles[0][0] for layout in self._layouts.values() if layout.middles])
@@ -162,7 +162,7 @@ class ArchiveParts:
                 raise StorageError(f"the stored archive holds {read} bytes, not {size}: rerun the export")
         except BaseException:
             # Without its checksum the archive cannot be announced: it must not stay published.
-            self._store.delete_prefix(self.bucket, self._key)
+            self._store.delete(self.bucket, self._key)
             raise
         return size, digest.hexdigest()
 
@@ -201,9 +201,9 @@ class PartRouter:
     def write(self, data) -> int:
         self._buffer += data
         self._position += len(data)
-        # Keep MIN_PART back, and one number: what is left must fill the part sent before the next middle.
-        while len(self._buffer) >= PART_BYTES + MIN_PART and self._room() > 1:
-            self._send(PART_BYTES)
+        # Keep MIN_PART_BYTES back, and one number: what is left must fill the part sent before the next middle.
+        while len(self._buffer) >= MIDDLE_BYTES + MIN_PART_BYTES and self._room() > 1:
+            self._send(MIDDLE_BYTES)
         return len(data)
 
     def skip(self, middles: tuple[tuple[int, int], ...]) -> None:
@@ -213,7 +213,7 @@ class PartRouter:
         if not self._starts or middles[0][0] != self._starts[0]:
             raise StorageError("the archive's files came out of order: this is a bug, rerun the export")
         if self._buffer:
-            if len(self._buffer) < MIN_PART:
+            if len(self._buffer) < MIN_PART_BYTES:
                 raise StorageError("a part before an uploaded middle is under 5 MiB: this is a bug, rerun the export")
             self._send(len(self._buffer))
         self._starts.pop(0)

@@ -17,7 +17,8 @@ from contextlib import contextmanager, suppress
 
 from portability.config import StorageSettings
 
-PART_BYTES = 5 * 1024 * 1024          # S3's smallest part: staged pieces are bounded, so 10,000 parts suffice
+MIN_PART_BYTES = 5 * 1024 * 1024      # S3's smallest part, except an upload's last
+PART_BYTES = MIN_PART_BYTES           # staged pieces are bounded, so 10,000 parts suffice
 ARCHIVE_PART_BYTES = 16 * 1024 * 1024  # archives up to 160 GB within S3's 10,000 parts
 _CHUNK_BYTES = 1024 * 1024
 _QUEUE_CHUNKS = 4
@@ -343,6 +344,9 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
 
     def delete_prefix(self, bucket: str, prefix: str) -> int:
         """Delete every object under `prefix`; returns how many."""
