@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Importing Airflow makes a few hundred thousand objects, and every full collection on the way walks
-    # them all again (0.5 s of each command's start): collect nothing while importing, then keep what
+    # them all again (0.7-1.1 s of each command's start): collect nothing while importing, then keep what
     # was imported out of later collections.
     gc.disable()
     try:
