@@ -54,7 +54,7 @@ class SourceSnapshot:
 
         The largest count expected at any step of the plan, not only its output's: joins on correlated
         keys (list_members to lists and contacts, each on id and account_id) are estimated hundreds of
-        times too small (77,625 rows for 20M), while the scans feeding them are right. Too large an
+        times too small (about 77,000 rows for 20M), while the scans feeding them are right. Too large an
         estimate only gives a file more part numbers than it needs; too small a one stops the export.
         """
         with self._conn.cursor() as cursor:
