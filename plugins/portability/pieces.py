@@ -37,7 +37,9 @@ def csv_header(columns) -> bytes:
 
 def _csv_rows(rendered: RenderedBatch) -> bytes:
     sink = pa.BufferOutputStream()
-    pa_csv.write_csv(csv_batch(rendered), sink, pa_csv.WriteOptions(include_header=False, **_CSV_OPTIONS))
+    # The whole batch in one pass (the writer's default is 1,024 rows a time, each growing the sink again).
+    options = pa_csv.WriteOptions(include_header=False, batch_size=max(rendered.num_rows, 1), **_CSV_OPTIONS)
+    pa_csv.write_csv(csv_batch(rendered), sink, options)
     return sink.getvalue()
 
 

@@ -9,6 +9,7 @@ can never disagree.
 from __future__ import annotations
 
 import json
+from functools import cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +23,7 @@ _SHORT_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t
 FORMULA_START = "^[=+\\-@\\t\\r]"
 # ...unless it is a plain (ASCII) number, which spreadsheets read as a number.
 PLAIN_NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_SCAN_BYTES = 64 * 1024
 _TIMESTAMP_TEXT_LENGTH = len("2024-01-02 03:04:05.000006")
 # PostgreSQL's 'infinity' and '-infinity' are the int64 extremes counted from 2000; the ADBC driver
 # shifts them to 1970 and they wrap around to these two values, aeons before any real timestamp.
@@ -79,7 +81,15 @@ def may_contain(array: pa.Array, *, controls: bool = False, chars: bytes = b"") 
     if array.type != pa.string():
         return True
     data = np.frombuffer(text_bytes(array), np.uint8)
-    return bool((controls and (data < 0x20).any()) or any((data == char).any() for char in chars))
+    # In cache-sized chunks, so the first hit ends the scan and each byte is loaded once for all tests.
+    for start in range(0, len(data), _SCAN_BYTES):
+        chunk = data[start:start + _SCAN_BYTES]
+        hit = chunk < 0x20 if controls else np.zeros(len(chunk), np.bool_)
+        for char in chars:
+            hit |= chunk == char
+        if hit.any():
+            return True
+    return False
 
 
 def json_string(array: pa.Array) -> pa.Array:
@@ -233,11 +243,17 @@ def list_items(array: pa.Array) -> pa.Array:
 def json_lines(rendered: RenderedBatch) -> pa.Array:
     """One JSON object per row, keys in schema order, each ending with a newline."""
     parts = []
-    for index, column in enumerate(rendered.columns):
-        key = ("{" if index == 0 else ",") + json_string(pa.array([column.name])).to_pylist()[0] + ":"
+    for index, key in enumerate(_json_keys(tuple(c.name for c in rendered.columns))):
         parts += [key, pc.fill_null(rendered.json(index), "null")]
     parts.append("}\n")
     return pc.binary_join_element_wise(*parts, "")
+
+
+@cache
+def _json_keys(names: tuple[str, ...]) -> list[str]:
+    """`{"name":` for the first column, `,"name":` for the others: the same for every batch of a category."""
+    return [("{" if index == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":"
+            for index, name in enumerate(names)]
 
 
 def csv_batch(rendered: RenderedBatch) -> pa.RecordBatch:
@@ -257,10 +273,14 @@ def csv_batch(rendered: RenderedBatch) -> pa.RecordBatch:
 
 def neutralise_formulas(array: pa.Array) -> pa.Array:
     """Prefix an apostrophe to cells a spreadsheet would run as a formula (OWASP CSV injection)."""
-    risky = pc.and_(pc.match_substring_regex(array, FORMULA_START),
-                    pc.invert(pc.match_substring_regex(array, PLAIN_NUMBER)))
-    risky = pc.fill_null(risky, False)
+    starts = pc.fill_null(pc.match_substring_regex(array, FORMULA_START), False)
+    if not pc.any(starts).as_py():
+        return array
+    # Only the cells that start like a formula can be plain numbers: test just those.
+    candidates = pc.filter(array, starts)
+    risky = pc.invert(pc.match_substring_regex(candidates, PLAIN_NUMBER))
     if not pc.any(risky).as_py():
         return array
-    return pc.if_else(risky, pc.binary_join_element_wise("'", array, ""), array)
+    return pc.replace_with_mask(array, starts, pc.if_else(risky, pc.binary_join_element_wise("'", candidates, ""),
+                                                           candidates))
 
