@@ -17,6 +17,7 @@ archive's bytes are the same on both routes; its SHA-256 is read back from the s
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,52 +65,101 @@ def allot_numbers(files: list[tuple[str, str]], weights: dict[str, float]) -> di
 
 
 class FileParts:
-    """One text file's deflated bytes, written in order: the head and tail staged, the middle sent as parts."""
+    """One text file's deflated bytes, written in order: the head and tail staged, the middle sent as parts.
+
+    The middle is copied straight into part-sized buffers that are reused once their part is
+    sent, instead of a growing buffer cut from the front: at GB/s that churn cost a page fault
+    per 4 KiB, half of all the command's faults.
+    """
 
     def __init__(self, store: ObjectStore, bucket: str, upload: PartUpload, numbers: range,
-                 head_key: str, tail_key: str, what: str, on_close: Callable[[FileLayout], None]):
+                 head_key: str, tail_key: str, what: str, on_close: Callable[[FileLayout], None],
+                 buffers: PartBuffers | None = None):
         self._store, self._bucket, self._upload, self._on_close = store, bucket, upload, on_close
         self._numbers, self._head_key, self._tail_key, self._what = iter(numbers), head_key, tail_key, what
-        self._buffer = bytearray()
+        self._buffers = buffers or PartBuffers()
+        self._head = bytearray()
         self._head_bytes: int | None = None
+        # A full middle is sent only once EDGE_BYTES follow it: the file may end right after, and its
+        # tail must fill a part. So at most one full buffer waits while the next one fills.
+        self._waiting: bytearray | None = None
+        self._filling: bytearray | None = None
+        self._filled = 0
         self._middles: list[tuple[int, int]] = []
 
     def write(self, data) -> int:
-        self._buffer += data
-        if self._head_bytes is None and len(self._buffer) >= EDGE_BYTES:
-            self._put(self._head_key, EDGE_BYTES)
-            self._head_bytes = EDGE_BYTES
-        # Keep EDGE_BYTES back: the file may end right after, and its tail must fill a part.
-        while self._head_bytes is not None and len(self._buffer) >= MIDDLE_BYTES + EDGE_BYTES:
-            number = next(self._numbers, None)
-            if number is None:
-                raise StorageError(
-                    f"{self._what} is larger than its share of the archive's {MAX_PARTS} parts (the source's row "
-                    "estimates were far off): run ANALYZE on the source tables, or export through the "
-                    "account_export DAG, which stages every piece"
-                )
-            self._upload.send(number, bytes(memoryview(self._buffer)[:MIDDLE_BYTES]))
-            del self._buffer[:MIDDLE_BYTES]
-            self._middles.append((number, MIDDLE_BYTES))
-        return len(data)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        if self._head_bytes is None:
+            taken = min(EDGE_BYTES - len(self._head), len(view))
+            self._head += view[:taken]
+            view = view[taken:]
+            if len(self._head) < EDGE_BYTES:
+                return size
+            self._put(self._head_key, self._head)
+            self._head_bytes, self._head = EDGE_BYTES, bytearray()
+        while len(view):
+            if self._filling is None:
+                self._filling, self._filled = self._buffers.take(), 0
+            taken = min(MIDDLE_BYTES - self._filled, len(view))
+            self._filling[self._filled:self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._waiting is not None and self._filled >= EDGE_BYTES:
+                self._send_waiting()
+            if self._filled == MIDDLE_BYTES:
+                self._waiting, self._filling = self._filling, None
+        return size
 
     def close(self) -> FileLayout:
-        """Stage what is left: the tail of a big file, or the whole of a small one."""
+        """Stage what is left: the tail of a big file, or the whole of a smaller one."""
         if self._head_bytes is None:
-            self._head_bytes = len(self._buffer)
-            self._put(self._head_key, len(self._buffer))
+            self._head_bytes = len(self._head)
+            self._put(self._head_key, self._head)
             layout = FileLayout(self._head_bytes, (), 0)
         else:
-            tail = len(self._buffer)
+            tail = bytearray(self._waiting or b"")
+            if self._filling is not None:
+                tail += memoryview(self._filling)[:self._filled]
+            for buffer in (self._waiting, self._filling):
+                if buffer is not None:
+                    self._buffers.give_back(buffer)
+            self._waiting = self._filling = None
             self._put(self._tail_key, tail)
-            layout = FileLayout(self._head_bytes, tuple(self._middles), tail)
+            layout = FileLayout(self._head_bytes, tuple(self._middles), len(tail))
         self._on_close(layout)
         return layout
 
-    def _put(self, key: str, size: int) -> None:
-        self._store.put_bytes(self._bucket, key, bytes(memoryview(self._buffer)[:size]),
-                              content_type="application/octet-stream")
-        del self._buffer[:size]
+    def _send_waiting(self) -> None:
+        number = next(self._numbers, None)
+        if number is None:
+            raise StorageError(
+                f"{self._what} is larger than its share of the archive's {MAX_PARTS} parts (the source's row "
+                "estimates were far off): run ANALYZE on the source tables, or export through the "
+                "account_export DAG, which stages every piece"
+            )
+        buffer, self._waiting = self._waiting, None
+        self._upload.send(number, buffer, sent=lambda: self._buffers.give_back(buffer))
+        self._middles.append((number, MIDDLE_BYTES))
+
+    def _put(self, key: str, data: bytearray) -> None:
+        self._store.put_bytes(self._bucket, key, bytes(data), content_type="application/octet-stream")
+
+
+class PartBuffers:
+    """Part-sized buffers for the files being written, each used again once its part is sent."""
+
+    def __init__(self):
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            return self._free.pop() if self._free else bytearray(MIDDLE_BYTES)
+
+    def give_back(self, buffer: bytearray) -> None:
+        with self._lock:
+            self._free.append(buffer)
 
 
 class ArchiveParts:
@@ -121,6 +171,7 @@ class ArchiveParts:
         self.upload: PartUpload | None = None
         self._numbers: dict[tuple[str, str], range] = {}
         self._layouts: dict[tuple[str, str], FileLayout] = {}
+        self._buffers = PartBuffers()
 
     def open(self, bucket: str, files: list[tuple[str, str]], weights: dict[str, float]) -> None:
         self._numbers = allot_numbers(files, weights)
@@ -131,7 +182,8 @@ class ArchiveParts:
         return FileParts(self._store, self.bucket, self.upload, self._numbers[(category, kind)],
                          self._staged_key(category, kind, "head"), self._staged_key(category, kind, "tail"),
                          f"{category} ({kind})",
-                         on_close=lambda layout: self._layouts.__setitem__((category, kind), layout))
+                         on_close=lambda layout: self._layouts.__setitem__((category, kind), layout),
+                         buffers=self._buffers)
 
     def layout(self, category: str, kind: str) -> FileLayout:
         return self._layouts[(category, kind)]

@@ -12,7 +12,7 @@ import hmac
 import io
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from portability.config import StorageSettings
@@ -209,17 +209,21 @@ class PartUpload:
         self._pending: list = []
         self._error: BaseException | None = None
 
-    def send(self, number: int, data: bytes) -> None:
-        """Queue part `number`; blocks while `_IN_FLIGHT` parts are on their way."""
+    def send(self, number: int, data: bytes | bytearray, sent: Callable[[], None] | None = None) -> None:
+        """Queue part `number`; blocks while `_IN_FLIGHT` parts are on their way.
+
+        `sent` is called once the part is done with (sent, failed or dropped), so that its buffer
+        can be used again; until then `data` must not change.
+        """
         self._raise_if_failed()
         self._slots.acquire()
         try:
-            self._pending.append(self._senders.submit(self._send, number, data))
+            self._pending.append(self._senders.submit(self._send, number, data, sent))
         except BaseException:
             self._slots.release()
             raise
 
-    def _send(self, number: int, data: bytes) -> None:
+    def _send(self, number: int, data: bytes | bytearray, sent: Callable[[], None] | None) -> None:
         try:
             if self._error is None:
                 answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
@@ -230,6 +234,8 @@ class PartUpload:
             self._error = self._error or exc
         finally:
             self._slots.release()
+            if sent is not None:
+                sent()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
