@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # numpy's OpenBLAS otherwise starts a thread per core that spins for work this command never gives it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Importing Airflow makes a few hundred thousand objects, and every full collection on the way walks
     # them all again (0.7-1.1 s of each command's start): collect nothing while importing, then keep what
     # was imported out of later collections.
