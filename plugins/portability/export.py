@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,6 +25,7 @@ from functools import partial
 from portability import config
 from portability.mapping import load_mapping
 from portability.parts import ArchiveParts
+from portability.readahead import read_ahead
 from portability.records import render_timestamp
 from portability.request import RequestError, parse_request
 from portability.schemas import SchemaSet
@@ -220,7 +221,7 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
         return nullcontext(files[kind])
 
     pieces = []
-    with _prefetched(rows) as batches:
+    with read_ahead(rows) as batches:
         for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
             pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where["bucket"],
                                        running, open_sink))
@@ -232,53 +233,6 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
         del running["errors"]
     return {"category": category, "pieces": pieces,
             "sha256": {kind: digest.hexdigest() for kind, digest in running.items()}}
-
-
-@contextmanager
-def _prefetched(rows, depth: int = 3) -> Iterator[Iterator]:
-    """`rows` read ahead on a thread, so PostgreSQL produces the next batches while this one is exported."""
-    import queue
-    import threading
-
-    batches: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def read() -> None:
-        try:
-            for batch in rows:
-                while not stop.is_set():
-                    try:
-                        batches.put(batch, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            batches.put((end, None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            batches.put((end, exc))
-
-    def consume() -> Iterator:
-        while True:
-            item = batches.get()
-            if isinstance(item, tuple) and item[0] is end:
-                if item[1] is not None:
-                    raise item[1]
-                return
-            yield item
-
-    reader = threading.Thread(target=read, name="prefetch", daemon=True)
-    reader.start()
-    try:
-        yield consume()
-    finally:
-        # The source stream must not be read after its reader closes: stop and wait for the thread.
-        stop.set()
-        while reader.is_alive():
-            with suppress(queue.Empty):
-                batches.get(timeout=0.2)
-        reader.join()
 
 
 def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:

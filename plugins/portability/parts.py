@@ -20,7 +20,9 @@ import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
+from portability.readahead import read_ahead
 from portability.storage import MIN_PART_BYTES, ObjectStore, PartUpload, StorageError
 
 EDGE_BYTES = MIN_PART_BYTES     # a big file's staged head, and the least its staged tail holds
@@ -207,9 +209,11 @@ class ArchiveParts:
                 raise StorageError(f"the archive's parts hold {size} bytes, not the {router.tell()} written: "
                                    "rerun the export")
             digest, stream, read = hashlib.sha256(), self._store.open(self.bucket, self._key), 0
-            while chunk := stream.read(_READ_BYTES):
-                digest.update(chunk)
-                read += len(chunk)
+            # The next chunk is received while this one is hashed (both release the GIL).
+            with read_ahead(iter(partial(stream.read, _READ_BYTES), b"")) as chunks:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    read += len(chunk)
             if read != size:
                 raise StorageError(f"the stored archive holds {read} bytes, not {size}: rerun the export")
         except BaseException:

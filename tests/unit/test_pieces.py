@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portability.export import _prefetched, cut_pieces
+from portability.export import cut_pieces
+from portability.readahead import read_ahead
 
 
 def _batches(sizes: list[int]) -> list[pa.RecordBatch]:
@@ -32,12 +33,12 @@ def test_pieces_hold_every_row_once_in_order(sizes, piece_rows):
     assert all(batch for _, piece in pieces for batch in piece)  # no empty batches handed on
 
 
-def test_prefetched_passes_batches_and_the_readers_error():
+def test_read_ahead_passes_batches_and_the_readers_error():
     def failing():
         yield from _batches([3, 4])
         raise RuntimeError("connection lost")
 
-    with _prefetched(failing()) as batches:
+    with read_ahead(failing()) as batches:
         got = []
         with pytest.raises(RuntimeError, match="connection lost"):
             for batch in batches:
@@ -45,7 +46,7 @@ def test_prefetched_passes_batches_and_the_readers_error():
     assert got == [3, 4]
 
 
-def test_prefetched_stops_reading_when_the_consumer_gives_up():
+def test_read_ahead_stops_reading_when_the_consumer_gives_up():
     read = []
 
     def endless():
@@ -53,7 +54,7 @@ def test_prefetched_stops_reading_when_the_consumer_gives_up():
             read.append(1)
             yield _batches([1])[0]
 
-    with pytest.raises(ValueError), _prefetched(endless(), depth=2) as batches:
+    with pytest.raises(ValueError), read_ahead(endless(), depth=2) as batches:
         for _ in batches:
             raise ValueError("the exporter failed")
     count = len(read)
