@@ -470,13 +470,15 @@ def run_export(conf: dict, export_id: str) -> dict:
         store = ObjectStore(config.storage_settings())
         if "parquet" not in current["formats"]:
             key = archive_key(export_id, current["account_id"], store.settings.key_secret)
-            parts = ArchiveParts(store, key, f"staging/{export_id}/parts/")
+            parts = ArchiveParts(store, key)
             try:
                 snapshot, shard_results = export_from_source(current, store, parts)
                 return package(current, snapshot, shard_results, parts)
             except BaseException:
                 parts.abort()  # the parts sent hold personal data: none may outlive a failed run
                 raise
+            finally:
+                parts.close()
         # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
         # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
         # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.

@@ -242,13 +242,13 @@ def _write_sent_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: 
         if layout.total != total.deflated_bytes - len(FINAL_BLOCK):
             raise ValueError(f"{info.filename}: its parts hold {layout.total} bytes, not the "
                              f"{total.deflated_bytes - len(FINAL_BLOCK)} its pieces wrote; rerun the export")
-        def staged(end: str, size: int) -> None:
-            _copy(parts.open_staged(category, kind, end), archive.fp, size, f"the staged {end} of {info.filename}")
+        def kept(end: str, size: int) -> None:
+            _copy(parts.open_kept(category, kind, end), archive.fp, size, f"the kept {end} of {info.filename}")
 
-        staged("head", layout.head_bytes)
+        kept("head", layout.head_bytes)
         archive.fp.skip(layout.middles)
         if layout.middles or layout.tail_bytes:
-            staged("tail", layout.tail_bytes)
+            kept("tail", layout.tail_bytes)
 
     return _write_deflated(archive, info, total, copy)
 

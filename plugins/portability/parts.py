@@ -5,9 +5,11 @@ them into the archive, so each byte is stored twice (on a local S3 server a stor
 about 11 CPU-seconds, more than deflating it). On the command's one-pass route the archive's
 multipart upload is opened before the source is read, and each text file's deflated bytes go,
 as they are made, into parts at numbers reserved for that file: S3 orders parts by number, not
-by arrival. Only what packaging writes around them is staged: each file's first `EDGE_BYTES`
+by arrival. Only what packaging writes around them is kept aside: each file's first `EDGE_BYTES`
 (they share a part with the ZIP header, whose CRC and sizes are known only at the end) and its
 last ones (every part but the archive's last must hold 5 MiB), or the whole of a smaller file.
+They are kept in local temporary files, at most 18 MiB a file and gone when the run ends: this
+route runs in one process, and storing them in the bucket cost a PUT and a GET of each.
 
 Packaging then writes the archive exactly as on the staged route, into a `PartRouter`, which
 sends what it is given as parts between the uploaded middles and steps over those. So the
@@ -17,15 +19,17 @@ archive's bytes are the same on both routes; its SHA-256 is read back from the s
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import BinaryIO
 
 from portability.readahead import read_ahead
 from portability.storage import MIN_PART_BYTES, ObjectStore, PartUpload, StorageError
 
-EDGE_BYTES = MIN_PART_BYTES     # a big file's staged head, and the least its staged tail holds
+EDGE_BYTES = MIN_PART_BYTES     # a big file's kept head, and the least its kept tail holds
 MIDDLE_BYTES = 8 * 1024 * 1024  # a part sent while the file is written: 10,000 of them make 80 GB
 MAX_PARTS = 10_000            # S3's most parts in one upload
 ROUTER_NUMBERS = 8            # numbers before each file's middles, for what packaging writes there
@@ -36,7 +40,7 @@ _READ_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class FileLayout:
-    """Where one file's deflated bytes are: head staged, middles sent as parts, tail staged."""
+    """Where one file's deflated bytes are: head kept, middles sent as parts, tail kept."""
 
     head_bytes: int
     middles: tuple[tuple[int, int], ...]  # (part number, bytes), in order
@@ -67,18 +71,17 @@ def allot_numbers(files: list[tuple[str, str]], weights: dict[str, float]) -> di
 
 
 class FileParts:
-    """One text file's deflated bytes, written in order: the head and tail staged, the middle sent as parts.
+    """One text file's deflated bytes, written in order: the head and tail kept aside, the middle sent as parts.
 
     The middle is copied straight into part-sized buffers that are reused once their part is
     sent, instead of a growing buffer cut from the front: at GB/s that churn cost a page fault
     per 4 KiB, half of all the command's faults.
     """
 
-    def __init__(self, store: ObjectStore, bucket: str, upload: PartUpload, numbers: range,
-                 head_key: str, tail_key: str, what: str, on_close: Callable[[FileLayout], None],
-                 buffers: PartBuffers | None = None):
-        self._store, self._bucket, self._upload, self._on_close = store, bucket, upload, on_close
-        self._numbers, self._head_key, self._tail_key, self._what = iter(numbers), head_key, tail_key, what
+    def __init__(self, upload: PartUpload, numbers: range, keep: Callable[[str, bytes | bytearray], None],
+                 what: str, on_close: Callable[[FileLayout], None], buffers: PartBuffers | None = None):
+        self._upload, self._numbers, self._keep = upload, iter(numbers), keep
+        self._what, self._on_close = what, on_close
         self._buffers = buffers or PartBuffers()
         self._head = bytearray()
         self._head_bytes: int | None = None
@@ -98,7 +101,7 @@ class FileParts:
             view = view[taken:]
             if len(self._head) < EDGE_BYTES:
                 return size
-            self._put(self._head_key, self._head)
+            self._keep("head", self._head)
             self._head_bytes, self._head = EDGE_BYTES, bytearray()
         while len(view):
             if self._filling is None:
@@ -114,10 +117,10 @@ class FileParts:
         return size
 
     def close(self) -> FileLayout:
-        """Stage what is left: the tail of a big file, or the whole of a smaller one."""
+        """Keep what is left: the tail of a big file, or the whole of a smaller one."""
         if self._head_bytes is None:
             self._head_bytes = len(self._head)
-            self._put(self._head_key, self._head)
+            self._keep("head", self._head)
             layout = FileLayout(self._head_bytes, (), 0)
         else:
             tail = bytearray(self._waiting or b"")
@@ -127,7 +130,7 @@ class FileParts:
                 if buffer is not None:
                     self._buffers.give_back(buffer)
             self._waiting = self._filling = None
-            self._put(self._tail_key, tail)
+            self._keep("tail", tail)
             layout = FileLayout(self._head_bytes, tuple(self._middles), len(tail))
         self._on_close(layout)
         return layout
@@ -143,9 +146,6 @@ class FileParts:
         buffer, self._waiting = self._waiting, None
         self._upload.send(number, buffer, sent=lambda: self._buffers.give_back(buffer))
         self._middles.append((number, MIDDLE_BYTES))
-
-    def _put(self, key: str, data: bytearray) -> None:
-        self._store.put_bytes(self._bucket, key, bytes(data), content_type="application/octet-stream")
 
 
 class PartBuffers:
@@ -167,13 +167,15 @@ class PartBuffers:
 class ArchiveParts:
     """The archive's multipart upload, opened once the bucket is known, with each file's share of part numbers."""
 
-    def __init__(self, store: ObjectStore, key: str, staging_prefix: str):
-        self._store, self._key, self._staging_prefix = store, key, staging_prefix
+    def __init__(self, store: ObjectStore, key: str):
+        self._store, self._key = store, key
         self.bucket: str | None = None
         self.upload: PartUpload | None = None
         self._numbers: dict[tuple[str, str], range] = {}
         self._layouts: dict[tuple[str, str], FileLayout] = {}
         self._buffers = PartBuffers()
+        self._kept: dict[tuple[str, str, str], BinaryIO] = {}  # (category, kind, 'head' or 'tail') -> file
+        self._lock = threading.Lock()
 
     def open(self, bucket: str, files: list[tuple[str, str]], weights: dict[str, float]) -> None:
         self._numbers = allot_numbers(files, weights)
@@ -181,8 +183,7 @@ class ArchiveParts:
         self.upload = self._store.part_upload(bucket, self._key, content_type="application/zip", create_only=True)
 
     def file(self, category: str, kind: str) -> FileParts:
-        return FileParts(self._store, self.bucket, self.upload, self._numbers[(category, kind)],
-                         self._staged_key(category, kind, "head"), self._staged_key(category, kind, "tail"),
+        return FileParts(self.upload, self._numbers[(category, kind)], partial(self._keep, category, kind),
                          f"{category} ({kind})",
                          on_close=lambda layout: self._layouts.__setitem__((category, kind), layout),
                          buffers=self._buffers)
@@ -190,12 +191,25 @@ class ArchiveParts:
     def layout(self, category: str, kind: str) -> FileLayout:
         return self._layouts[(category, kind)]
 
-    def open_staged(self, category: str, kind: str, end: str):
-        """The staged 'head' or 'tail' of a file."""
-        return self._store.open(self.bucket, self._staged_key(category, kind, end))
+    def open_kept(self, category: str, kind: str, end: str) -> BinaryIO:
+        """The kept 'head' or 'tail' of a file, from its start."""
+        kept = self._kept[(category, kind, end)]
+        kept.seek(0)
+        return kept
 
-    def _staged_key(self, category: str, kind: str, end: str) -> str:
-        return f"{self._staging_prefix}{category}/{kind}.{end}.deflate"
+    def close(self) -> None:
+        """Drop the kept heads and tails (personal data): their files vanish with them."""
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for file in kept:
+            file.close()
+
+    def _keep(self, category: str, kind: str, end: str, data: bytes | bytearray) -> None:
+        # Already unlinked: nothing is left on disk once it is closed, or if the process dies.
+        kept = tempfile.TemporaryFile(prefix="portability-")  # noqa: SIM115 (closed by close())
+        kept.write(data)
+        with self._lock:
+            self._kept[(category, kind, end)] = kept
 
     def router(self) -> PartRouter:
         return PartRouter(self.upload, [layout.middles[0][0] for layout in self._layouts.values() if layout.middles])
