@@ -68,12 +68,11 @@ class BatchValidator:
         if not self._record_is_flat:
             surely_valid = pa.repeat(pa.scalar(False, pa.bool_()), rows)
         else:
-            surely_valid = pa.repeat(pa.scalar(True, pa.bool_()), rows)
-            for index, check in enumerate(self._checks):
-                surely_valid = pc.and_(surely_valid, pc.fill_null(check(rendered, index), False))
-        suspects = pc.indices_nonzero(pc.invert(surely_valid)).to_pylist()
-        if not suspects:
+            surely_valid = _all_of([check(rendered, index) for index, check in enumerate(self._checks)
+                                    if check is not _always], rows)
+        if not surely_valid.false_count:
             return Verdict(surely_valid)
+        suspects = pc.indices_nonzero(pc.invert(surely_valid)).to_pylist()
         problems = {}
         for row, (document, bad_json) in zip(suspects, documents(rendered, suspects), strict=True):
             found = self.problems(document, bad_json)
@@ -170,16 +169,31 @@ def _nothing_is_sure(rendered: RenderedBatch, index: int) -> pa.Array:
 
 
 def _combine(value_checks: list[Check], null_ok: bool) -> Check:
+    value_checks = [value_check for value_check in value_checks if value_check is not _always]
+    if null_ok and not value_checks:
+        return _always
+
     def check(rendered: RenderedBatch, index: int) -> pa.Array:
         array = rendered.batch.column(index)
-        ok = pc.is_valid(array) if not null_ok else pa.repeat(pa.scalar(True, pa.bool_()), len(array))
+        if not array.null_count:  # the common case: no null to treat apart, fewer kernels per batch
+            return _all_of([value_check(rendered, index) for value_check in value_checks], len(array))
         present = pc.is_valid(array)
-        for value_check in value_checks:
-            # Keywords apply to present values only; a null passes them and is judged by null_ok.
-            ok = pc.and_(ok, pc.or_(pc.invert(present), pc.fill_null(value_check(rendered, index), False)))
-        return ok
+        absent = pc.invert(present)
+        # Keywords apply to present values only; a null passes them and is judged by null_ok.
+        results = [pc.or_(absent, pc.fill_null(value_check(rendered, index), False)) for value_check in value_checks]
+        return _all_of(results if null_ok else [present, *results], len(array))
 
     return check
+
+
+def _all_of(results: list[pa.Array], rows: int) -> pa.Array:
+    """True where every result is true (a null counts as false); all true when there is none."""
+    combined = None
+    for result in results:
+        if result.null_count:
+            result = pc.fill_null(result, False)
+        combined = result if combined is None else pc.and_(combined, result)
+    return combined if combined is not None else pa.repeat(pa.scalar(True, pa.bool_()), rows)
 
 
 def _null_allowed(prop: dict) -> bool:
@@ -224,11 +238,13 @@ def _starts_with_any(text: pa.Array, starts: list[str]) -> pa.Array:
     return found
 
 
-def _constant(value: bool) -> Check:
-    def check(rendered: RenderedBatch, index: int) -> pa.Array:
-        return pa.repeat(pa.scalar(value, pa.bool_()), rendered.num_rows)
+def _always(rendered: RenderedBatch, index: int) -> pa.Array:
+    """A check every value passes: skipped when checks are combined."""
+    return pa.repeat(pa.scalar(True, pa.bool_()), rendered.num_rows)
 
-    return check
+
+def _constant(value: bool) -> Check:
+    return _always if value else _nothing_is_sure
 
 
 def _enum_check(column: Column, allowed: list) -> Check:
