@@ -242,10 +242,25 @@ def list_items(array: pa.Array) -> pa.Array:
 
 def json_lines(rendered: RenderedBatch) -> pa.Array:
     """One JSON object per row, keys in schema order, each ending with a newline."""
-    parts = []
+    parts: list = []  # literal text (str) between the columns' arrays
+
+    def literal(text: str) -> None:
+        if parts and isinstance(parts[-1], str):
+            parts[-1] += text
+        else:
+            parts.append(text)
+
     for index, key in enumerate(_json_keys(tuple(c.name for c in rendered.columns))):
-        parts += [key, pc.fill_null(rendered.json(index), "null")]
-    parts.append("}\n")
+        literal(key)
+        text = rendered.text(index) if rendered.columns[index].kind in (STRING, TIMESTAMP) else None
+        if text is not None and not text.null_count and not may_contain(text, controls=True, chars=b'"\\'):
+            # Nothing to escape or write as null: the quotes join the literal text, saving a quoted copy.
+            literal('"')
+            parts.append(text)
+            literal('"')
+        else:
+            parts.append(pc.fill_null(rendered.json(index), "null"))
+    literal("}\n")
     return pc.binary_join_element_wise(*parts, "")
 
 
