@@ -25,12 +25,13 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 class FaultyS3:
     """Forwards every call to the real S3 server unchanged (so signatures still hold) except those that
-    `fails(method, path)` picks, which get 503 SlowDown or 500 InternalError without reaching the server."""
+    `fails(method, path, attempt, attempts)` picks, which get 503 SlowDown or 500 InternalError without
+    reaching the server. `attempt` of `attempts` is botocore's count of tries of one call (amz-sdk-request)."""
 
     def __init__(self, upstream: str):
         target = urlsplit(upstream)
         self.upstream = (target.hostname, target.port)
-        self.fails: Callable[[str, str], bool] = lambda method, path: False
+        self.fails: Callable[[str, str, int, int], bool] = lambda method, path, attempt, attempts: False
         self.calls = self.injected = 0
         self._lock = threading.Lock()
         proxy = self
@@ -41,9 +42,12 @@ class FaultyS3:
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                tries = dict(field.strip().partition("=")[::2]
+                             for field in self.headers.get("amz-sdk-request", "").split(";"))
                 with proxy._lock:
                     proxy.calls += 1
-                    fail = proxy.fails(self.command, self.path)
+                    fail = proxy.fails(self.command, self.path, int(tries.get("attempt") or 1),
+                                       int(tries.get("max") or 1))
                     status, answer = ANSWERS[proxy.injected % len(ANSWERS)]
                     proxy.injected += fail
                 if fail:
@@ -83,9 +87,13 @@ class FaultyS3:
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def fail_share(self, share: float, seed: int = 7) -> None:
+    def fail_transiently(self, share: float, seed: int = 7) -> None:
+        """Every call's first attempt fails, and `share` of its next ones but never its last: transient
+        faults, as S3's 503s and 500s are, which the export must get through by retrying. Every call is
+        hit, however few calls the export makes."""
         chance = random.Random(seed)
-        self.fails = lambda method, path: chance.random() < share
+        self.fails = lambda method, path, attempt, attempts: attempt < attempts and (
+            attempt == 1 or chance.random() < share)
 
 
 @pytest.fixture

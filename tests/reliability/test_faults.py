@@ -32,7 +32,7 @@ def test_export_completes_through_s3_errors_and_throttling(seeded, store, faulty
     from portability import export
 
     clean = export.run_export({"account_id": ACCOUNT}, str(uuid.uuid4()))
-    faulty_s3.fail_share(0.15)  # 503 SlowDown or 500 InternalError on 15% of the calls
+    faulty_s3.fail_transiently(0.15)  # 503 SlowDown or 500 InternalError on every call's first try, 15% of retries
     summary = export.run_export({"account_id": ACCOUNT}, str(uuid.uuid4()))
     assert faulty_s3.injected >= 5, (faulty_s3.calls, faulty_s3.injected)
     archive = store.read_bytes(summary["bucket"], summary["key"])
@@ -46,7 +46,7 @@ def test_a_persistent_s3_fault_fails_cleanly_and_publishes_nothing(seeded, store
     from portability import export
     from portability.storage import StorageError
 
-    faulty_s3.fails = lambda method, path: "/exports/" in path  # the archive can never be written
+    faulty_s3.fails = lambda method, path, *attempt: "/exports/" in path  # the archive can never be written
     export_id = str(uuid.uuid4())
     with pytest.raises(StorageError, match="SlowDown|503|InternalError|500"):
         export.run_export({"account_id": ACCOUNT}, export_id)
