@@ -281,8 +281,8 @@ def _copy(stream, target, expected: int, what: str) -> None:
         target.write(chunk)
         copied += len(chunk)
     if copied != expected:
-        raise ValueError(f"{what} holds {copied} bytes, not the {expected} its export wrote: a staged object "
-                         "changed; rerun the export")
+        raise ValueError(f"{what} holds {copied} bytes, not the {expected} its export wrote: it changed after "
+                         "it was written; rerun the export")
 
 
 def _digest(segments: list) -> str:
