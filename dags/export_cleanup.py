@@ -5,8 +5,9 @@ links are never minted past that. Each deletion is recorded on the export's requ
 request ledger. The buckets also carry lifecycle rules (archives one day after retention,
 staging after two days) so that nothing outlives its retention if this DAG stops running.
 `watch_deadlines` lists requests not delivered whose legal deadline (one month after the
-request) is past or within a week; it emails the privacy team (PORTABILITY_PRIVACY_EMAIL) and
-fails while any is overdue, so the run shows red until someone acts.
+request) is past or within a week; it emails the privacy team (PORTABILITY_PRIVACY_EMAIL) once
+a day at most for the same requests (a retried or re-triggered run sends nothing new) and fails
+while any is overdue, so the run shows red until someone acts.
 """
 
 from __future__ import annotations

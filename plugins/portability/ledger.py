@@ -71,9 +71,11 @@ CREATE TABLE IF NOT EXISTS export_requests (
     delivered_at       timestamptz,
     cancelled_at       timestamptz,
     link_expires_at    timestamptz,
-    notification_error text
+    notification_error text,
+    deadline_alerted_at timestamptz
 );
 ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS cancelled_at timestamptz;  -- added after the first release
+ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS deadline_alerted_at timestamptz;  -- added later still
 CREATE INDEX IF NOT EXISTS export_requests_export ON export_requests (export_id);
 CREATE INDEX IF NOT EXISTS export_requests_open_deadline ON export_requests (deadline_at)
     WHERE state IN ('requested', 'running', 'ready', 'failed');
@@ -353,6 +355,17 @@ def overdue_or_due(conn, within: timedelta) -> list[dict]:
         "deadline_at < now() AS overdue FROM export_request_status "
         "WHERE state IN ('requested', 'running', 'ready', 'failed') AND deadline_at < now() + %s "
         "ORDER BY deadline_at", (within,)).fetchall()
+
+
+def claim_deadline_alerts(conn, request_ids: list, quiet: timedelta) -> list:
+    """Marks these requests alerted now, except those already alerted within `quiet`; returns the ones marked.
+
+    The rows stay locked until the caller commits (after the email went out) or rolls back (it did
+    not): a concurrent watch waits for that, then finds them claimed or free again."""
+    return [row["request_id"] for row in conn.execute(
+        "UPDATE export_requests SET deadline_alerted_at = now() WHERE request_id = ANY(%s) "
+        "AND (deadline_alerted_at IS NULL OR deadline_alerted_at < now() - %s) RETURNING request_id",
+        (list(request_ids), quiet)).fetchall()]
 
 
 def _json(value) -> str:

@@ -19,6 +19,9 @@ from portability.schemas import SchemaSet
 
 log = logging.getLogger(__name__)
 
+# The cleanup DAG watches deadlines daily; under a day, so each daily run alerts again while a request waits.
+DEADLINE_ALERT_QUIET = timedelta(hours=20)
+
 
 def export_now(conf: dict, *, requested_by: str = "portability export") -> tuple[dict, str]:
     """The whole export in this process (the `export` command, a scheduled export), recorded in the ledger like
@@ -241,7 +244,10 @@ def apply_lifecycle_rules() -> dict:
 def deadline_report(within_days: int = 7) -> list[dict]:
     """Requests not delivered whose legal deadline is past or within `within_days`."""
     with ledger.connect() as conn:
-        rows = ledger.overdue_or_due(conn, timedelta(days=within_days))
+        return _report_rows(ledger.overdue_or_due(conn, timedelta(days=within_days)))
+
+
+def _report_rows(rows: list[dict]) -> list[dict]:
     return [{**row, "request_id": str(row["request_id"]), "export_id": str(row["export_id"]),
              "requested_at": row["requested_at"].isoformat(), "deadline_at": row["deadline_at"].isoformat()}
             for row in rows]
@@ -254,12 +260,18 @@ def status(request_id: str) -> dict:
 
 
 def watch_deadlines(within_days: int = 7) -> dict:
-    """The deadline alert: counts overdue and due requests, and emails the list to the privacy team if any."""
+    """The deadline alert: counts overdue and due requests, and emails the list to the privacy team when it
+    holds a request not alerted in the last DEADLINE_ALERT_QUIET, so that a retried, repeated or concurrent
+    run does not send the same list again."""
     from portability.delivery import send_deadline_alert
 
-    rows = deadline_report(within_days)
+    to = config.privacy_team_email()
+    with ledger.connect() as conn:
+        rows = ledger.overdue_or_due(conn, timedelta(days=within_days))
+        fresh = ledger.claim_deadline_alerts(conn, [row["request_id"] for row in rows], DEADLINE_ALERT_QUIET) \
+            if rows and to else []
+        if fresh:  # a failed email raises, the claims roll back and the next run tries again
+            send_deadline_alert(to, _report_rows(rows), within_days)
+        conn.commit()
     overdue = sum(1 for row in rows if row["overdue"])
-    alerted = bool(rows) and config.privacy_team_email() is not None
-    if alerted:
-        send_deadline_alert(config.privacy_team_email(), rows, within_days)
-    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": alerted}
+    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh)}

@@ -129,6 +129,48 @@ def test_deadline_watch_lists_overdue_and_due_requests(conn):
     assert later.request_id not in listed
 
 
+def test_deadline_alert_claims_a_request_once_per_quiet_period_and_a_concurrent_watch_waits(conn):
+    import threading
+
+    from portability import ledger
+
+    late = ledger.submit(conn, _request(_account()), requested_by="a")
+    conn.commit()
+    quiet = timedelta(hours=20)
+    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]
+    claimed_elsewhere = []
+    with ledger.connect() as other:  # a second run while the first one's email is still going out
+        worker = threading.Thread(target=lambda: claimed_elsewhere.append(
+            ledger.claim_deadline_alerts(other, [late.request_id], quiet)))
+        worker.start()
+        assert _waits_on_a_lock(conn, other.info.backend_pid)  # on the first run's claim
+        conn.commit()  # the first run's email went out
+        worker.join(timeout=30)
+        other.commit()
+    assert claimed_elsewhere == [[]]
+    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == []  # a re-run the same day
+    conn.execute("UPDATE export_requests SET deadline_alerted_at = now() - interval '21 hours' "
+                 "WHERE request_id = %s", (late.request_id,))
+    conn.commit()
+    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]  # next day
+    conn.rollback()  # the email failed: the claim is given back
+    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]
+    conn.commit()
+
+
+def _waits_on_a_lock(conn, pid: int, timeout: float = 30) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn.execute("SELECT pg_stat_clear_snapshot()")  # else one transaction reads one cached snapshot
+        if conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                        (pid,)).fetchone()["wait_event_type"] == "Lock":
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_cancel_withdraws_a_request_and_its_export_when_nobody_else_waits(conn):
     from portability import ledger
 

@@ -155,7 +155,7 @@ def test_revoked_archive_link_is_refused(requested, airflow_server):
 
 
 def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(airflow_server, api, store,
-                                                                             mailbox):
+                                                                             mailbox, monkeypatch):
     from portability import ledger, service
     from portability.request import parse_request
     from portability.schemas import SchemaSet
@@ -175,8 +175,16 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     run_id = f"test-cleanup-{uuid.uuid4()}"
     assert api.trigger("export_cleanup", run_id, {}) is True
     assert wait_for_run(api, "export_cleanup", run_id) == "failed"  # red while a request is overdue
-    [alert] = mailbox.wait_for(lambda m: m["To"] == "privacy-team@example.com" and late.request_id in html_of(m))
+    def about_late(message) -> bool:
+        return message["To"] == "privacy-team@example.com" and late.request_id in html_of(message)
+
+    [alert] = mailbox.wait_for(about_late)
     assert "overdue" in alert["Subject"] and "late-00001" in html_of(alert)
+    for name in ("AIRFLOW_CONN_SMTP_DEFAULT", "PORTABILITY_PRIVACY_EMAIL"):
+        monkeypatch.setenv(name, airflow_server["env"][name])
+    again = service.watch_deadlines()  # a re-run the same day: still overdue, nothing sent twice
+    assert again["overdue"] >= 1 and again["alerted"] is False
+    assert len([m for m in mailbox.messages if about_late(m)]) == 1
     assert refused(link.url) == 404
     assert not list(store.keys(summary["bucket"], f"exports/{summary['export_id']}/"))
     with ledger.connect() as conn:
