@@ -298,10 +298,11 @@ def cancel(conn, request_id: str) -> dict:
 
 
 def undelivered(conn, export_id: str) -> list[dict]:
-    """The requests an export serves that have not been told of it yet."""
+    """The requests an export serves that have not been told of it yet, locked until the caller's transaction
+    ends: a concurrent delivery of the same export skips them rather than telling the requesters twice."""
     return conn.execute(
-        "SELECT * FROM export_requests WHERE export_id = %s AND state = 'ready' ORDER BY requested_at",
-        (export_id,)).fetchall()
+        "SELECT * FROM export_requests WHERE export_id = %s AND state = 'ready' ORDER BY requested_at "
+        "FOR UPDATE SKIP LOCKED", (export_id,)).fetchall()
 
 
 def delivered(conn, request_id: str, link_expires_at: str, error: str | None = None) -> None:

@@ -101,6 +101,8 @@ def test_life_of_an_export_failed_then_ready_delivered_expired(conn):
     ledger.finish(conn, summary, timedelta(days=30))
     [waiting] = ledger.undelivered(conn, submission.export_id)
     assert str(waiting["request_id"]) == submission.request_id
+    with ledger.connect() as other:  # the same delivery running twice at once tells nobody twice
+        assert ledger.undelivered(other, submission.export_id) == []
     ledger.delivered(conn, submission.request_id, "2026-01-04T00:00:00Z")
     row = ledger.request_status(conn, submission.request_id)
     assert (row["state"], row["bytes"], row["error"]) == ("delivered", 123, None)
