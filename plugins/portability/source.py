@@ -24,6 +24,8 @@ def largest_step(plan: dict, loops: float = 1, processes: int = 1) -> float:
     """The most rows any node of an EXPLAIN (FORMAT JSON) plan expects in all.
 
     EXPLAIN gives a nested loop's inner side per outer row, and a parallel node's rows per process.
+    Under a Gather, a nested loop's outer rows are one process's: its inner side runs for the outer
+    rows of every process, and is then complete on each run, so below it nothing is per process.
     """
     if plan.get("Node Type") in ("Gather", "Gather Merge"):
         processes = plan.get("Workers Planned", 0) + 1  # the leader takes part too
@@ -31,7 +33,7 @@ def largest_step(plan: dict, loops: float = 1, processes: int = 1) -> float:
     children = plan.get("Plans", [])
     if plan.get("Node Type") == "Nested Loop" and len(children) == 2:
         outer, inner = children
-        steps = [largest_step(outer, loops, processes), largest_step(inner, loops * outer["Plan Rows"], processes)]
+        steps = [largest_step(outer, loops, processes), largest_step(inner, loops * outer["Plan Rows"] * processes)]
     else:
         steps = [largest_step(child, loops, processes) for child in children]
     return float(max([rows, *steps]))

@@ -31,3 +31,11 @@ def test_a_nested_loops_inner_side_counts_once_per_outer_row():
     inner = _node("Index Scan", 49)
     plan = _node("Incremental Sort", 2, _node("Nested Loop", 1, _node("Nested Loop", 2, _node("Index Scan", 5), inner)))
     assert largest_step(plan) == 245
+
+
+def test_a_parallel_nested_loops_inner_side_runs_for_the_outer_rows_of_every_process():
+    # The outer scan's 100,000 rows are one process's of three; each of all 300,000 outer rows finds 3 members.
+    # The join's own estimates (correlated keys) are far too small, as for list_members.
+    outer = _node("Parallel Seq Scan", 100_000, **{"Parallel Aware": True})
+    plan = _node("Gather", 9_000, _node("Nested Loop", 3_000, outer, _node("Index Scan", 3)), **{"Workers Planned": 2})
+    assert largest_step(plan) == 900_000
