@@ -126,6 +126,7 @@ class ChildRun:
     wall_s: float
     maxrss_mib: float     # ru_maxrss: the largest single process (the command or a descendant it waited for)
     tree_rss_mib: float   # sampled peak of the command and all its descendants together
+    cpu_s: float          # user + system CPU of the command and the descendants it waited for
     stdout: str
     stderr: str
 
@@ -149,7 +150,7 @@ pid = os.posix_spawn(argv[0], argv, os.environ)
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - start
 with open(result, "w") as out:
-    out.write(f"{os.waitstatus_to_exitcode(status)} {wall} {usage.ru_maxrss}")
+    out.write(f"{os.waitstatus_to_exitcode(status)} {wall} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 """
 
 
@@ -207,12 +208,64 @@ def run_child(argv: list[str], env: dict[str, str]) -> ChildRun:
         stdout = out_path.read_text(errors="replace")
         stderr = err_path.read_text(errors="replace")
         try:
-            returncode, wall, maxrss_kib = result_path.read_text().split()
+            returncode, wall, maxrss_kib, cpu = result_path.read_text().split()
         except (OSError, ValueError):
             raise BenchError(f"could not start {argv[0]} (launcher exit {launcher.returncode}):\n"
                              f"{stderr[-STDERR_TAIL_CHARS:].strip()}") from None
     return ChildRun(returncode=int(returncode), wall_s=float(wall), maxrss_mib=int(maxrss_kib) / 1024,  # KiB on Linux
-                    tree_rss_mib=sampler.peak_bytes / 2**20, stdout=stdout, stderr=stderr)
+                    tree_rss_mib=sampler.peak_bytes / 2**20, cpu_s=float(cpu), stdout=stdout, stderr=stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# Where the machine's CPU went while a command ran
+# --------------------------------------------------------------------------------------------
+
+# Server processes on this machine, by process name, and how the report names them.
+SERVER_PROCESSES = {"postgres": "postgresql", "weed": "s3_server"}
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU-seconds of the whole machine since boot (/proc/stat): busy, and stolen by the hypervisor."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / ticks, steal / ticks
+
+
+def server_cpu_s() -> dict[str, float]:
+    """CPU-seconds each kind of server has used so far, with the exited processes it reaped (PostgreSQL
+    serves each connection from a process of its own, which is gone by the time the command ends)."""
+    import psutil
+
+    used = dict.fromkeys(SERVER_PROCESSES.values(), 0.0)
+    for process in psutil.process_iter(["name"]):
+        kind = SERVER_PROCESSES.get(process.info["name"])
+        if kind:
+            with contextlib.suppress(psutil.Error):  # exited between listing and reading
+                times = process.cpu_times()
+                used[kind] += times.user + times.system + times.children_user + times.children_system
+    return used
+
+
+@contextlib.contextmanager
+def cpu_split(cores: int):
+    """The CPU-seconds of the machine over the block, split by who used them: yields a dict filled in at its end,
+    once `own_cpu_s` (the command's, from its rusage) and `wall_s` are put in it."""
+    busy, stolen = machine_cpu_s()
+    servers = server_cpu_s()
+    split: dict = {}
+    yield split
+    busy_after, stolen_after = machine_cpu_s()
+    servers_after = server_cpu_s()
+    used = {kind: servers_after[kind] - servers[kind] for kind in servers}
+    split.update(
+        available=split["wall_s"] * cores, busy=busy_after - busy, stolen=stolen_after - stolen,
+        export=split.pop("own_cpu_s"), **used,
+    )
+    split["other"] = split["busy"] - split["export"] - sum(used.values())
+    del split["wall_s"]
+    for key, value in split.items():
+        split[key] = round(value, 2)
 
 
 def last_json_object(text: str) -> dict | None:
@@ -413,18 +466,21 @@ def portability_command() -> Path:
     return command
 
 
-def measure_export(account_id: str, categories: list[str] | None = None) -> tuple[dict, ChildRun]:
+def measure_export(account_id: str, categories: list[str] | None = None) -> tuple[dict, ChildRun, dict]:
+    """The command's summary, its run, and the machine's CPU-seconds over the run by who used them."""
     argv = [str(portability_command()), "export", "--account", account_id, "--json"]
     if categories:
         argv += ["--categories", ",".join(categories)]
-    run = run_child(argv, dict(os.environ))
+    with cpu_split(os.cpu_count() or 1) as cpu:
+        run = run_child(argv, dict(os.environ))
+        cpu.update(own_cpu_s=run.cpu_s, wall_s=run.wall_s)
     summary = last_json_object(run.stdout)
     if run.returncode != 0 or summary is None or not isinstance(summary.get("counts"), dict):
         raise BenchError(
             f"`portability export --account {account_id} --json` failed (exit {run.returncode}) or printed no "
             f"summary with counts; its stderr ends with:\n{run.stderr_tail()}"
         )
-    return summary, run
+    return summary, run, cpu
 
 
 def exported_rows(summary: dict) -> dict[str, int]:
@@ -496,8 +552,10 @@ def run_benchmark(args) -> dict:
                                      process_wall_s=round(run.wall_s, 4))
 
             log.warning("running portability export --account %s ...", account_id)
-            summary, run = measure_export(account_id)
+            summary, run, cpu = measure_export(account_id)
             per_category = exported_rows(summary)
+            if not export.walls or run.wall_s < export.wall_s:
+                export.details["cpu_s"] = cpu  # the split of the run whose wall counts
             export.add_run(sum(per_category.values()), run.wall_s, run.peak_rss_mib)
             export.details.update(
                 contacts=per_category.get("contacts", 0),
@@ -510,8 +568,10 @@ def run_benchmark(args) -> dict:
 
             # The same rows as (b) handles: contacts alone, validated, written, zipped and uploaded.
             log.warning("running portability export --account %s --categories contacts ...", account_id)
-            summary, run = measure_export(account_id, ["contacts"])
+            summary, run, cpu = measure_export(account_id, ["contacts"])
             contacts = exported_rows(summary)["contacts"]
+            if not export_contacts.walls or run.wall_s < export_contacts.wall_s:
+                export_contacts.details["cpu_s"] = cpu
             export_contacts.add_run(contacts, run.wall_s, run.peak_rss_mib)
             export_contacts.details.update(contacts=contacts, archive_bytes=summary.get("bytes"),
                                            contacts_per_s=round(contacts / export_contacts.wall_s, 1))
@@ -591,6 +651,8 @@ def print_report(results: dict) -> None:
         print(f"{'(b)/(c): (c) rows/s (all) over (b) rows/s':<44} {ratios['b_over_c_all_rows']:>11.2f}x")
         print(f"{'(b)/(c): (c) contacts/s over (b) rows/s':<44} {ratios['b_over_c_contacts']:>11.2f}x")
     print()
+    print_cpu_split(results["measurements"])
+    print()
     print("targets:")
     for check in results["targets"].values():
         digits = 0 if check["unit"] == " MiB" else 2
@@ -598,6 +660,23 @@ def print_report(results: dict) -> None:
         print(f"{check['name']:<44} {value:>12}   target {check['target']:<12} {check['verdict']}")
     for warning in results["warnings"]:
         print(f"warning: {warning}")
+
+
+CPU_ROWS = {
+    "available": "wall x cores", "busy": "busy, all processes", "stolen": "stolen by the hypervisor",
+    "export": "  the export command", "postgresql": "  PostgreSQL", "s3_server": "  S3 server (weed)",
+    "other": "  anything else",
+}
+
+
+def print_cpu_split(measurements: dict) -> None:
+    """The machine's CPU-seconds during (c) and (c'), by who used them: where the wall time goes."""
+    runs = {key: measurements[key]["cpu_s"] for key in ("c", "c'") if "cpu_s" in measurements.get(key, {})}
+    if not runs:
+        return
+    print(f"{'CPU-seconds of the machine during':<44} " + " ".join(f"{f'({key})':>12}" for key in runs))
+    for field_name, label in CPU_ROWS.items():
+        print(f"{label:<44} " + " ".join(f"{split[field_name]:>12.1f}" for split in runs.values()))
 
 
 def positive_int(text: str) -> int:
