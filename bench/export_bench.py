@@ -247,25 +247,22 @@ def server_cpu_s() -> dict[str, float]:
     return used
 
 
-@contextlib.contextmanager
-def cpu_split(cores: int):
-    """The CPU-seconds of the machine over the block, split by who used them: yields a dict filled in at its end,
-    once `own_cpu_s` (the command's, from its rusage) and `wall_s` are put in it."""
-    busy, stolen = machine_cpu_s()
-    servers = server_cpu_s()
-    split: dict = {}
-    yield split
-    busy_after, stolen_after = machine_cpu_s()
-    servers_after = server_cpu_s()
-    used = {kind: servers_after[kind] - servers[kind] for kind in servers}
-    split.update(
-        available=split["wall_s"] * cores, busy=busy_after - busy, stolen=stolen_after - stolen,
-        export=split.pop("own_cpu_s"), **used,
-    )
-    split["other"] = split["busy"] - split["export"] - sum(used.values())
-    del split["wall_s"]
-    for key, value in split.items():
-        split[key] = round(value, 2)
+class CpuSplit:
+    """The machine's CPU-seconds from its creation to `finish`, split by who used them."""
+
+    def __init__(self):
+        self._busy, self._stolen = machine_cpu_s()
+        self._servers = server_cpu_s()
+
+    def finish(self, own_cpu_s: float, wall_s: float, cores: int) -> dict[str, float]:
+        """`own_cpu_s` is the command's (from its rusage): the rest of the busy time was someone else's."""
+        busy, stolen = machine_cpu_s()
+        servers = server_cpu_s()
+        used = {kind: servers[kind] - self._servers[kind] for kind in servers}
+        split = {"available": wall_s * cores, "busy": busy - self._busy, "stolen": stolen - self._stolen,
+                 "export": own_cpu_s, **used}
+        split["other"] = split["busy"] - own_cpu_s - sum(used.values())
+        return {key: round(value, 2) for key, value in split.items()}
 
 
 def last_json_object(text: str) -> dict | None:
@@ -471,16 +468,16 @@ def measure_export(account_id: str, categories: list[str] | None = None) -> tupl
     argv = [str(portability_command()), "export", "--account", account_id, "--json"]
     if categories:
         argv += ["--categories", ",".join(categories)]
-    with cpu_split(os.cpu_count() or 1) as cpu:
-        run = run_child(argv, dict(os.environ))
-        cpu.update(own_cpu_s=run.cpu_s, wall_s=run.wall_s)
+    cpu = CpuSplit()
+    run = run_child(argv, dict(os.environ))
+    split = cpu.finish(run.cpu_s, run.wall_s, os.cpu_count() or 1)
     summary = last_json_object(run.stdout)
     if run.returncode != 0 or summary is None or not isinstance(summary.get("counts"), dict):
         raise BenchError(
             f"`portability export --account {account_id} --json` failed (exit {run.returncode}) or printed no "
             f"summary with counts; its stderr ends with:\n{run.stderr_tail()}"
         )
-    return summary, run, cpu
+    return summary, run, split
 
 
 def exported_rows(summary: dict) -> dict[str, int]:
