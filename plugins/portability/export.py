@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from portability import config
-from portability.mapping import load_mapping
+from portability.mapping import Reference, check_references, load_mapping
 from portability.parts import ArchiveParts
 from portability.readahead import read_ahead
 from portability.records import render_timestamp
@@ -132,10 +132,17 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
     missing = [c for c in ["account", *plan["categories"]] if c not in mapping]
     if missing:
         raise ExportError(f"the source mapping has no query for {sorted(set(missing))}: add them to the mapping")
+    for category in plan["categories"]:
+        check_references(mapping[category], [c.name for c in schemas.columns(category)])
 
     with source.snapshot(config.source_settings().conninfo) as snap:
         account = _account(snap, mapping["account"], schemas, account_id)
-        where = {"bucket": storage.bucket_for(account["region"]), "snapshot_at": _render(snap.snapshot_at)}
+        # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
+        where = {"bucket": storage.bucket_for(account["region"]), "snapshot_at": _render(snap.snapshot_at),
+                 "references": {c: [r.to_dict() for r in mapping[c].references] for c in plan["categories"]
+                                if mapping[c].references}}
+        # The source count: every row the account owns in each category's table, counted apart from the query.
+        owned = {category: snap.owned_rows(mapping[category], account_id) for category in plan["categories"]}
         estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan["categories"]}
         largest_first = sorted(plan["categories"], key=lambda c: -estimates[c])
         if on_open:
@@ -147,11 +154,18 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
             pieces = dict(zip(largest_first, readers.map(read, largest_first), strict=True))
-    # The source count is what the snapshot holds: every row the category's query returns in it.
-    counts = {category: sum(pieces[category]) for category in plan["categories"]}
     for category in plan["categories"]:
-        log.info("snapshot of %s: %d rows in %d pieces", category, counts[category], len(pieces[category]))
-    return {**where, "region": account["region"], "source_counts": counts,
+        returned = sum(pieces[category])
+        log.info("snapshot of %s: %d rows in %d pieces", category, returned, len(pieces[category]))
+        if returned != owned[category]:
+            raise ExportError(
+                f"{category}: the mapping's query returned {returned} rows, but the account owns {owned[category]} "
+                f"in the source (the mapping's count): the query {'drops' if returned < owned[category] else 'repeats'}"
+                " rows, and the archive could not account for them. Fix the query in the source mapping "
+                f"({config.mapping_path()}): one row per row of the table, joins as LEFT JOINs within the account, "
+                "each declared as a reference so that a row pointing outside the account is quarantined with the "
+                "reason. Nothing was published.")
+    return {**where, "region": account["region"], "source_counts": owned,
             "pieces": {c: pieces[c] for c in plan["categories"]}}
 
 
@@ -224,7 +238,7 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     with read_ahead(rows) as batches:
         for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
             pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where["bucket"],
-                                       running, open_sink))
+                                       running, open_sink, _references(where, category)))
             log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1]["exported"],
                      pieces[-1]["quarantined"])
     for file in files.values():
@@ -274,7 +288,8 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
     results = []
     for piece in range(shard["first_piece"], shard["stop_piece"]):
         reader = _open_piece(store, snapshot["bucket"], plan["export_id"], category, piece, snapshot["snapshot_at"])
-        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot["bucket"]))
+        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot["bucket"],
+                                    references=_references(snapshot, category)))
     exported = sum(r["exported"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
     log.info("%s pieces %d-%d of %s: %d exported, %d quarantined", category, shard["first_piece"],
@@ -283,7 +298,8 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
 
 
 def _write_piece(plan: dict, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
-                 bucket: str, running: dict | None = None, open_sink: Callable | None = None) -> dict:
+                 bucket: str, running: dict | None = None, open_sink: Callable | None = None,
+                 references: tuple[Reference, ...] = ()) -> dict:
     """One piece's segments (and quarantine list), each under its staging key unless `open_sink` says where.
 
     See `pieces.export_piece`.
@@ -295,7 +311,14 @@ def _write_piece(plan: dict, category: str, piece: int, batches, schemas: Schema
         open_sink=open_sink or (lambda kind: store.upload(bucket, _segment_key(plan["export_id"], category, piece,
                                                                                 kind))),
         invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
+        references=references,
     )
+
+
+def _references(snapshot: dict, category: str) -> tuple[Reference, ...]:
+    """The mapping's references of a category, as the snapshot that read it recorded them."""
+    return tuple(Reference(r["column"], r["what"], tuple(r["joined"]))
+                 for r in snapshot.get("references", {}).get(category, []))
 
 
 def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, piece: int, snapshot_at: str):

@@ -395,9 +395,11 @@ def readme(plan: dict, snapshot: dict, results: list[dict]) -> str:
         "frictionless validate data/datapackage.json   # pip install 'frictionless[json,parquet]'",
         "```",
         "",
-        "In `manifest.json`, for every category, `exported + quarantined` equals `source_count`: nothing was"
-        " dropped. Secrets (password hashes, API key hashes, DKIM private keys, webhook signing keys, MFA"
-        " secrets) are never exported.",
+        "In `manifest.json`, for every category, `source_count` is every row the account holds in the source"
+        " table of that category, counted on its own in the same snapshot, and `exported + quarantined` equals"
+        " it: nothing was dropped. A record that points at a row the account does not hold (another account's,"
+        " or none) is in `errors/` with that reason, and nothing of the other row is. Secrets (password hashes,"
+        " API key hashes, DKIM private keys, webhook signing keys, MFA secrets) are never exported.",
         "",
     ]
     return "\n".join(lines)

@@ -45,14 +45,15 @@ def _csv_rows(rendered: RenderedBatch) -> bytes:
 
 def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
                  open_sink: Callable[[str], AbstractContextManager], invalid_rows_key: str,
-                 running: dict | None = None) -> dict:
+                 running: dict | None = None, references=()) -> dict:
     """Validate a piece's batches and write its segment of each text file.
 
     `open_sink(kind)` (kind: a format or 'errors') gives the stream a segment is deflated into;
     the errors stream is opened only for a piece with invalid records. `running` hashes, by
-    kind, are updated with the raw bytes written.
+    kind, are updated with the raw bytes written. `references` are the mapping's for the
+    category: a record pointing outside the account is quarantined with that reason.
     """
-    validator = BatchValidator(schemas, category)
+    validator = BatchValidator(schemas, category, references)
     columns = validator.columns
     formats = [f for f in plan["formats"] if f in TEXT_FORMATS]
     rows = exported = 0

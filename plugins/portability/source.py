@@ -63,6 +63,20 @@ class SourceSnapshot:
             cursor.execute("EXPLAIN (FORMAT JSON) " + mapping.ordered(), {"account_id": account_id})
             return largest_step(cursor.fetchone()[0][0]["Plan"])
 
+    def owned_rows(self, mapping: CategoryQuery, account_id: str) -> int:
+        """The rows the account owns in the category's source table (the mapping's `count`), in this snapshot.
+
+        Counted apart from the category's query, so that a query that drops rows (an inner join) cannot
+        hide them: this is the manifest's source count.
+        """
+        with self._conn.cursor() as cursor:
+            cursor.execute(mapping.count, {"account_id": account_id})
+            row = cursor.fetchone()
+        if row is None or len(row) != 1 or isinstance(row[0], bool) or not isinstance(row[0], int):
+            raise MappingError(f"the count of {mapping.category!r} in the mapping must return one number "
+                               "(SELECT count(*) FROM <table> WHERE account_id = %(account_id)s)")
+        return row[0]
+
     def _render(self, mapping: CategoryQuery, account_id: str) -> str:
         """The ordered query with the account id as a quoted literal: ADBC streams COPY only without parameters."""
         import psycopg

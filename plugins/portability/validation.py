@@ -51,11 +51,19 @@ class Verdict:
 
 
 class BatchValidator:
-    """Validates Arrow batches of one category (its staged schema) against the record schema."""
+    """Validates Arrow batches of one category (its staged schema) against the record schema.
 
-    def __init__(self, schemas: SchemaSet, category: str):
+    `references` (the mapping's, see `mapping.Reference`) are checked too: a record whose reference
+    is set while every column the join takes from the referenced row is null points outside the
+    account (or nowhere) and is invalid, with that reason instead of the nulls' own.
+    """
+
+    def __init__(self, schemas: SchemaSet, category: str, references=()):
         record = schemas.record(category)
         self.columns = schemas.columns(category)
+        names = [c.name for c in self.columns]
+        self._references = [(names.index(r.column), r.what, [names.index(j) for j in r.joined],
+                             tuple(f"/{j}" for j in r.joined)) for r in references]
         self._full = schemas.validator(record)
         self._record_is_flat = _record_is_flat(record, self.columns)
         self._checks = [
@@ -64,6 +72,40 @@ class BatchValidator:
         ]
 
     def check(self, rendered: RenderedBatch) -> Verdict:
+        verdict = self._check_schema(rendered)
+        unresolved = self._unresolved(rendered)
+        if not unresolved:
+            return verdict
+        problems = dict(verdict.problems)
+        for row, (reasons, joined_paths) in unresolved.items():
+            # The joined columns are null because nothing was joined: that is the reason, not their nulls.
+            kept = [p for p in problems.get(row, []) if not any(p["path"] == path or p["path"].startswith(path + "/")
+                                                                for path in joined_paths)]
+            problems[row] = sorted(reasons + kept, key=lambda p: (p["path"], p["keyword"], p["message"]))
+        valid = pa.array([row not in problems for row in range(rendered.num_rows)], pa.bool_())
+        return Verdict(valid, problems, verdict.suspects)
+
+    def _unresolved(self, rendered: RenderedBatch) -> dict[int, tuple[list[dict], tuple[str, ...]]]:
+        """Rows whose references found no row of this account: row -> (reasons, the joined columns' paths)."""
+        found: dict[int, tuple[list[dict], tuple[str, ...]]] = {}
+        for column, what, joined, joined_paths in self._references:
+            ids = rendered.batch.column(column)
+            unresolved = pc.is_valid(ids)
+            for index in joined:
+                unresolved = pc.and_(unresolved, pc.is_null(rendered.batch.column(index)))
+            if not unresolved.true_count:
+                continue
+            rows = pc.indices_nonzero(unresolved).to_pylist()
+            name = self.columns[column].name
+            for row, value in zip(rows, pc.take(ids, pa.array(rows, pa.int64())).to_pylist(), strict=True):
+                reasons, paths = found.get(row, ([], ()))
+                reasons.append({"path": f"/{name}", "keyword": "reference", "message": _clip(
+                    f"{what} {value} is not a {what} of this account (it belongs to another account or does not "
+                    "exist)")})
+                found[row] = (reasons, paths + joined_paths)
+        return found
+
+    def _check_schema(self, rendered: RenderedBatch) -> Verdict:
         rows = rendered.num_rows
         if not self._record_is_flat:
             surely_valid = pa.repeat(pa.scalar(False, pa.bool_()), rows)
