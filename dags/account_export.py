@@ -41,12 +41,13 @@ def validate_request() -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability import service
+    from portability.airflow_api import dag_run_state_in_task
     from portability.ledger import LedgerError
     from portability.request import RequestError
 
     run = get_current_context()["dag_run"]
     try:
-        return service.begin(dict(run.conf or {}), run.dag_id, run.run_id)
+        return service.begin(dict(run.conf or {}), run.dag_id, run.run_id, run_state=dag_run_state_in_task(run.dag_id))
     except (RequestError, LedgerError) as exc:
         raise AirflowFailException(str(exc)) from None
 

@@ -13,6 +13,7 @@ port, schema http or https, login and password of an Airflow user allowed to tri
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -85,6 +86,17 @@ class AirflowApi:
                                   f"{_detail(response)}")
         return True
 
+    def run_state_or_none(self, dag_id: str, dag_run_id: str) -> str | None:
+        """A run's state, or None if there is no such run."""
+        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
+                                        f"{quote(dag_run_id, safe='')}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise AirflowApiError(f"reading run {dag_run_id} of {dag_id} failed (HTTP {response.status_code}): "
+                                  f"{_detail(response)}")
+        return response.json()["state"]
+
     def run_state(self, dag_id: str, dag_run_id: str) -> str:
         response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
                                         f"{quote(dag_run_id, safe='')}")
@@ -92,6 +104,18 @@ class AirflowApi:
             raise AirflowApiError(f"reading run {dag_run_id} of {dag_id} failed (HTTP {response.status_code}): "
                                   f"{_detail(response)}")
         return response.json()["state"]
+
+
+def dag_run_state_in_task(dag_id: str) -> Callable[[str], str | None]:
+    """Inside a task: a DAG run's state (None if there is no such run), asked through the Task SDK."""
+    def state(run_id: str) -> str | None:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        if not RuntimeTaskInstance.get_dr_count(dag_id=dag_id, run_ids=[run_id]):
+            return None
+        return str(RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+
+    return state
 
 
 def _detail(response) -> str:

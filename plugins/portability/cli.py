@@ -13,8 +13,10 @@
     portability stores   start, stop or show the embedded PostgreSQL and S3 server
     portability demo     the README's end-to-end demo through Airflow
 
-Configuration is Airflow's (connections portability_source and portability_s3, and
-PORTABILITY_BUCKETS). With none set, the embedded stores under .state/ are used.
+Configuration is Airflow's: connections portability_source, portability_s3 and
+portability_state, looked up as Airflow does (environment, secrets backend, metadata
+database), and PORTABILITY_BUCKETS. `--dev-stores` uses the embedded development stores
+under .state/ instead, starting them if needed; nothing else ever starts them.
 """
 
 from __future__ import annotations
@@ -32,19 +34,6 @@ from portability import config
 log = logging.getLogger("portability")
 
 
-def _configured() -> bool:
-    return bool(os.environ.get("AIRFLOW_CONN_PORTABILITY_SOURCE") or os.environ.get("AIRFLOW_CONN_PORTABILITY_S3"))
-
-
-def _use_embedded_defaults() -> None:
-    """With nothing configured, point at the embedded stores (starting them if needed)."""
-    if _configured():
-        return
-    from portability import local
-
-    local.apply(local.start_stores())
-
-
 def _csv_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -54,12 +43,14 @@ def cmd_seed(args) -> int:
 
     from portability.seed import SeedOptions, seed
 
-    _use_embedded_defaults()
     options = SeedOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SeedOptions)})
     with psycopg.connect(config.source_settings().conninfo) as conn:
         accounts = seed(conn, options)
     print(json.dumps({"accounts": accounts}) if args.json else "\n".join(accounts))
     return 0
+
+
+_REQUESTER_FIELDS = ("requested_by", "notify_email", "webhook_url")  # the ledger's, never a DAG run's conf
 
 
 def _request_conf(args) -> dict:
@@ -72,7 +63,7 @@ def _request_conf(args) -> dict:
         conf["expires_in_hours"] = args.expires_in_hours
     if args.on_invalid:
         conf["on_invalid"] = args.on_invalid
-    for name in ("requested_by", "notify_email", "webhook_url"):
+    for name in _REQUESTER_FIELDS:
         if getattr(args, name, None):
             conf[name] = getattr(args, name)
     return conf
@@ -81,9 +72,8 @@ def _request_conf(args) -> dict:
 def cmd_export(args) -> int:
     from portability import service
 
-    _use_embedded_defaults()
     conf = _request_conf(args)
-    summary, request_id = service.export_now(conf)
+    summary, request_id = service.export_now(conf, on_progress=lambda message: print(message, file=sys.stderr))
     link = service.link(summary["export_id"], conf.get("expires_in_hours", 72), request_id=request_id)
     if args.json:
         print(json.dumps({
@@ -106,13 +96,18 @@ def cmd_request(args) -> int:
     from portability.airflow_api import AirflowApi
     from portability.ledger import DAG_ID
 
-    _use_embedded_defaults()
     conf = _request_conf(args)
     api = AirflowApi.from_connection()
-    submission = service.submit(conf, idempotency_key=args.idempotency_key)
+
+    def run_state(dag_run_id: str) -> str | None:
+        return api.run_state_or_none(DAG_ID, dag_run_id)
+
+    def trigger(dag_run_id: str, options: dict) -> None:
+        api.trigger(DAG_ID, dag_run_id, {k: v for k, v in options.items() if k not in _REQUESTER_FIELDS})
+
+    submission = service.submit(conf, idempotency_key=args.idempotency_key, run_state=run_state)
     if submission.needs_trigger:
-        run_conf = {k: v for k, v in conf.items() if k not in ("requested_by", "notify_email", "webhook_url")}
-        api.trigger(DAG_ID, submission.dag_run_id, run_conf)
+        trigger(submission.dag_run_id, submission.options or conf)
     how = "joined the export under way" if submission.joined else (
         "already requested with this idempotency key" if submission.replayed else "requested")
     print(f"request {submission.request_id}: {how}; export {submission.export_id}, "
@@ -121,9 +116,16 @@ def cmd_request(args) -> int:
     deadline = time.monotonic() + args.timeout
     while args.wait and status["state"] in ("requested", "running") and time.monotonic() < deadline:
         time.sleep(2)
+        replacement = service.replace_dead(submission.request_id, run_state)
+        if replacement:  # the export it waited on died: its requesters now wait on this new one
+            print(f"request {submission.request_id}: export {status['export_id']} died; now served by export "
+                  f"{replacement['export_id']}, DAG run {replacement['dag_run_id']}", file=sys.stderr)
+            trigger(replacement["dag_run_id"], {**replacement["options"],
+                                                "expires_in_hours": conf.get("expires_in_hours", 72)})
         status = service.status(submission.request_id)
-    result = {"request_id": submission.request_id, "export_id": submission.export_id,
-              "dag_run_id": submission.dag_run_id, "joined": submission.joined, "replayed": submission.replayed,
+    export_id = str(status["export_id"])
+    result = {"request_id": submission.request_id, "export_id": export_id,
+              "dag_run_id": status["dag_run_id"], "joined": submission.joined, "replayed": submission.replayed,
               "state": status["state"], "deadline_at": status["deadline_at"].isoformat()}
     if args.wait and status["state"] in ("requested", "running"):
         print(f"portability request: still {status['state']} after {args.timeout} s; follow it with "
@@ -135,8 +137,7 @@ def cmd_request(args) -> int:
         print(json.dumps({**result, "error": status["error"]}) if args.json else submission.request_id)
         return 1
     if args.wait and status["state"] in ("ready", "delivered"):
-        link = service.link(submission.export_id, conf.get("expires_in_hours", 72),
-                            request_id=submission.request_id)
+        link = service.link(export_id, conf.get("expires_in_hours", 72), request_id=submission.request_id)
         result.update(url=link.url, expires_at=link.expires_at, bytes=status["bytes"], sha256=status["sha256"],
                       state="delivered")
         print(json.dumps(result, indent=2) if args.json else link.url)
@@ -148,7 +149,6 @@ def cmd_request(args) -> int:
 def cmd_status(args) -> int:
     from portability import service
 
-    _use_embedded_defaults()
     status = service.status(args.request_id)
     print(json.dumps(status, indent=2, default=str))
     return 0
@@ -159,7 +159,6 @@ def cmd_cancel(args) -> int:
     from portability.airflow_api import AirflowApi
     from portability.ledger import DAG_ID
 
-    _use_embedded_defaults()
     result = service.cancel(args.request_id)
     stopped = False
     if result["export_cancelled"] and result["dag_run_id"]:
@@ -173,7 +172,6 @@ def cmd_cancel(args) -> int:
 def cmd_revoke(args) -> int:
     from portability import service
 
-    _use_embedded_defaults()
     deleted = service.revoke(args.export_id)
     print(f"export {args.export_id} revoked: archive deleted ({deleted} objects); its links no longer work")
     return 0
@@ -182,7 +180,6 @@ def cmd_revoke(args) -> int:
 def cmd_deadlines(args) -> int:
     from portability import service
 
-    _use_embedded_defaults()
     rows = service.deadline_report(args.within_days)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -199,7 +196,6 @@ def cmd_schedule(args) -> int:
 
     from portability import ledger, service
 
-    _use_embedded_defaults()
     if args.remove:
         with ledger.connect() as conn:
             removed = ledger.remove_schedule(conn, args.account)
@@ -224,7 +220,6 @@ def cmd_schedule(args) -> int:
 def cmd_link(args) -> int:
     from portability import service
 
-    _use_embedded_defaults()
     link = service.link(args.export_id, args.expires_in_hours)
     if args.json:
         print(json.dumps({"export_id": args.export_id, "url": link.url, "expires_at": link.expires_at}))
@@ -304,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="portability", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--dev-stores", action="store_true",
+                        help="use the embedded development PostgreSQL and S3 server under .state/ (started if "
+                             "needed) instead of Airflow's connections; never on a deployment")
     sub = parser.add_subparsers(dest="command", required=True)
 
     seed = sub.add_parser("seed", help="create synthetic accounts in the source database")
@@ -374,13 +372,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may begin with '-' (an account id may): argparse would take "-x1" for an option.
+_VALUE_OPTIONS = ("--account",)
+
+
+def _join_option_values(argv: list[str]) -> list[str]:
+    """`--account -x1` as `--account=-x1`, so that every valid account id is accepted as typed."""
+    joined: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in _VALUE_OPTIONS:
+            value = next(args, None)
+            joined.append(arg if value is None else f"{arg}={value}")
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_option_values(sys.argv[1:] if argv is None else list(argv)))
+    if args.dev_stores:
+        # Asked for explicitly: the development stores replace whatever this shell has configured,
+        # before Airflow is imported and reads its settings.
+        from portability import local
+
+        local.apply(local.start_stores())
     # numpy's OpenBLAS otherwise starts a thread per core that spins for work this command never gives it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # Importing Airflow makes a few hundred thousand objects, and every full collection on the way walks
-    # them all again (0.7-1.1 s of each command's start): collect nothing while importing, then keep what
-    # was imported out of later collections.
+    # them all again: collect nothing while importing, then keep what was imported out of later collections.
     gc.disable()
     try:
         # Importing Airflow sends logging to stdout; stdout is for the command's output (a link, JSON).
@@ -388,24 +408,51 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from portability.airflow_api import AirflowApiError
-        from portability.export import ExportError
-        from portability.ledger import LedgerError
-        from portability.mapping import MappingError
-        from portability.request import RequestError
-        from portability.storage import StorageError
-        from portability.validation import InvalidRecords
-        from portability.verify import VerificationError
+        # Looking up a connection in the metadata database loads Airflow's models, which warn that values
+        # would be stored unencrypted without a Fernet key: this command stores nothing there.
+        logging.getLogger("airflow.models.crypto").setLevel(logging.ERROR)
     finally:
         gc.freeze()
         gc.enable()
 
     try:
         return args.handler(args)
-    except (RequestError, ExportError, VerificationError, InvalidRecords, MappingError, StorageError,
-            config.ConfigurationError, LedgerError, AirflowApiError) as exc:
-        print(f"portability {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"portability {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 (every failure ends in one message and status 2, never a traceback)
+        print(f"portability {args.command}: {failure_message(exc)}", file=sys.stderr)
+        if args.verbose:
+            log.error("traceback of the failure above", exc_info=exc)
         return 2
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line that names what went wrong and what to check; never a secret or a link."""
+    from portability.airflow_api import AirflowApiError
+    from portability.export import ExportError
+    from portability.ledger import LedgerError
+    from portability.mapping import MappingError
+    from portability.request import RequestError
+    from portability.validation import InvalidRecords
+    from portability.verify import VerificationError
+
+    if isinstance(exc, RequestError | ExportError | VerificationError | InvalidRecords | MappingError | LedgerError
+                  | AirflowApiError | config.ConfigurationError | config.DatabaseUnavailable):
+        return str(exc)
+    from portability import storage
+
+    if isinstance(exc, storage.StorageError) or type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
+        return storage.explain(exc)
+    if type(exc).__module__.startswith(("psycopg", "adbc_driver")):
+        return config.describe_database_failure(exc)
+    return (f"{type(exc).__name__}: {_first_line(exc)} (an unexpected failure: rerun with --verbose for the traceback, "
+            "and report it)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 if __name__ == "__main__":

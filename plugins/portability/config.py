@@ -43,6 +43,14 @@ def connect_postgres(conn_id: str, conninfo: str, **options):
             f"(AIRFLOW_CONN_{conn_id.upper()}) and that the server is up") from None
 
 
+def describe_database_failure(exc: BaseException) -> str:
+    """A database error met mid-way, as one line naming the connections to check (libpq never shows a password)."""
+    text = str(exc).strip()
+    reason = text.splitlines()[0][:300] if text else type(exc).__name__
+    return (f"a database failed mid-way ({reason}): check Airflow connections {SOURCE_CONN_ID!r} (the ESP's "
+            f"database) and {STATE_CONN_ID!r} (the request ledger) and that their servers are up, then rerun")
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     conninfo: str = field(repr=False)  # may carry a password
@@ -69,16 +77,40 @@ class StorageSettings:
 
 
 def connection(conn_id: str):
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    """An Airflow connection, looked up exactly as Airflow looks it up where this code runs.
+
+    In a task, through the Task SDK (the worker's secrets backends, then the API server). Anywhere
+    else (the `portability` command), along Airflow's own search path: environment variables
+    (`AIRFLOW_CONN_*`), the configured secrets backend, then the metadata database.
+    """
+    from airflow.exceptions import AirflowNotFoundException
 
     try:
-        return Connection.get(conn_id)
+        if _in_task():
+            from airflow.sdk import Connection
+
+            return Connection.get(conn_id)
+        return _connection_outside_tasks(conn_id)
     except AirflowNotFoundException:
         raise ConfigurationError(
-            f"Airflow connection {conn_id!r} is not defined: set AIRFLOW_CONN_{conn_id.upper()} "
-            "or add it in the Airflow UI (see README, 'Pointing at real stores')"
+            f"Airflow connection {conn_id!r} is not defined (looked in the environment, the secrets backend and "
+            f"Airflow's metadata database): set AIRFLOW_CONN_{conn_id.upper()} or add it with 'airflow connections "
+            "add' (see README, 'Pointing at real stores'); to try the command on the development stores, "
+            "give it --dev-stores"
         ) from None
+
+
+def _in_task() -> bool:
+    """Whether this runs inside an Airflow task (the task runner talks to its supervisor)."""
+    import sys
+
+    return getattr(sys.modules.get("airflow.sdk.execution_time.task_runner"), "SUPERVISOR_COMMS", None) is not None
+
+
+def _connection_outside_tasks(conn_id: str):
+    from airflow.models.connection import Connection
+
+    return Connection.get_connection_from_secrets(conn_id)
 
 
 def source_settings() -> SourceSettings:
@@ -183,6 +215,12 @@ def piece_rows() -> int:
 def shard_rows() -> int:
     """Rows per shard: one mapped task each. Only spreads the work; the archive is the same for any value."""
     return _positive_int("PORTABILITY_SHARD_ROWS", 2_000_000)
+
+
+def export_lease() -> timedelta:
+    """How long an export run in one process stays 'alive' without renewing its lease (PORTABILITY_LEASE_SECONDS,
+    default 60; renewed every quarter of it): after that, a request for the account no longer waits on it."""
+    return timedelta(seconds=_positive_int("PORTABILITY_LEASE_SECONDS", 60, "seconds"))
 
 
 def retention() -> timedelta:

@@ -24,11 +24,15 @@ class DeliveryError(RuntimeError):
     """A notification could not be sent; the message names the channel, never the link."""
 
 
-def ready_notice(request: dict, summary: dict, link) -> dict:
-    """What every channel says: the link, its expiry and how to check the archive."""
+def ready_notice(notification: dict, summary: dict, link) -> dict:
+    """What every channel says: the link, its expiry and how to check the archive.
+
+    `notification_id` is the same on every attempt to send this notice: a receiver drops repeats by it.
+    """
     return {
         "event": "export.ready",
-        "request_id": str(request["request_id"]),
+        "notification_id": str(notification["notification_id"]),
+        "request_id": str(notification["request_id"]),
         "export_id": summary["export_id"],
         "account_id": summary["account_id"],
         "url": link.url,
@@ -64,17 +68,25 @@ cd {html.escape(notice['account_id'])}-{notice['export_id']} &amp;&amp; sha256su
     return subject, body
 
 
+NOTIFICATION_ID_HEADER = "Portability-Notification-Id"
+
+
 def send_email(to: str, notice: dict) -> None:
-    _send(to, *email_body(notice))
+    # The same Message-ID on every attempt: mail clients show a resent notice once.
+    domain = config.sender_email().rsplit("@", 1)[-1]
+    headers = {"Message-ID": f"<{notice['notification_id']}@{domain}>",
+               NOTIFICATION_ID_HEADER: notice["notification_id"]}
+    _send(to, *email_body(notice), headers=headers)
 
 
-def _send(to: str, subject: str, html_body: str) -> None:
+def _send(to: str, subject: str, html_body: str, headers: dict | None = None) -> None:
     """One HTML email through Airflow's SMTP connection; the error names the recipient, never the body (a link)."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     try:
         with SmtpHook(smtp_conn_id=config.SMTP_CONN_ID) as smtp:
-            smtp.send_email_smtp(to=to, subject=subject, html_content=html_body, from_email=config.sender_email())
+            smtp.send_email_smtp(to=to, subject=subject, html_content=html_body, from_email=config.sender_email(),
+                                 custom_headers=headers)
     except Exception as exc:
         raise DeliveryError(f"email to {to} failed: {type(exc).__name__}; check connection "
                             f"{config.SMTP_CONN_ID!r}") from None
@@ -124,6 +136,8 @@ def post_webhook(url: str, notice: dict, *, attempts: int = WEBHOOK_ATTEMPTS, ba
         # Signed per attempt round; a receiver allows a few minutes of skew, more than the back-off adds.
         headers = {"Content-Type": "application/json",
                    WEBHOOK_SIGNATURE_HEADER: sign(webhook_secret(), int(time.time()), body)}
+        if "notification_id" in notice:
+            headers[NOTIFICATION_ID_HEADER] = notice["notification_id"]
         try:
             response = session.post(url, data=body, headers=headers, timeout=30, allow_redirects=False)
         except requests.RequestException as exc:

@@ -489,6 +489,7 @@ def run_export(conf: dict, export_id: str) -> dict:
     """The whole export in this process (the command's path); returns the package summary."""
     current = plan(conf, export_id)
     snapshot = None
+    failed = True
     try:
         store = ObjectStore(config.storage_settings())
         if "parquet" not in current["formats"]:
@@ -496,28 +497,47 @@ def run_export(conf: dict, export_id: str) -> dict:
             parts = ArchiveParts(store, key)
             try:
                 snapshot, shard_results = export_from_source(current, store, parts)
-                return package(current, snapshot, shard_results, parts)
+                summary = package(current, snapshot, shard_results, parts)
             except BaseException:
-                parts.abort()  # the parts sent hold personal data: none may outlive a failed run
+                _quietly("abort the archive's upload", parts.abort)  # its parts hold personal data
                 raise
             finally:
                 parts.close()
-        # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
-        # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
-        # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.
-        with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
-            exporting = []
+        else:
+            # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
+            # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
+            # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.
+            with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
+                exporting = []
 
-            def export_when_staged(where: dict, category: str, piece: int) -> None:
-                shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
-                exporting.append(pool.submit(export_shard, current, where, shard, store))
+                def export_when_staged(where: dict, category: str, piece: int) -> None:
+                    shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
+                    exporting.append(pool.submit(export_shard, current, where, shard, store))
 
-            try:
-                snapshot = take_snapshot(current, on_piece=export_when_staged)
-                shard_results = [future.result() for future in exporting]
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
-                raise
-        return package(current, snapshot, shard_results)
+                try:
+                    snapshot = take_snapshot(current, on_piece=export_when_staged)
+                    shard_results = [future.result() for future in exporting]
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
+                    raise
+            summary = package(current, snapshot, shard_results)
+        failed = False
     finally:
-        cleanup(current, snapshot)
+        if failed:  # the failure is what the caller must see: cleaning up after it may fail for the same reason
+            _quietly("delete the export's staging", cleanup, current, snapshot)
+        else:
+            cleanup(current, snapshot)
+    return summary
+
+
+def _quietly(what: str, step: Callable, *args) -> None:
+    """Clean up after a failure without hiding it: a failure of the clean-up itself is only logged.
+
+    Lifecycle rules delete what is left (staging after two days, incomplete uploads after one).
+    """
+    try:
+        step(*args)
+    except Exception as exc:  # noqa: BLE001 (the first failure is the one raised)
+        from portability.storage import explain
+
+        log.info("could not %s after the export failed: %s", what, explain(exc))

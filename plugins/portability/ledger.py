@@ -16,7 +16,7 @@ minted when they are handed to a requester.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -94,6 +94,18 @@ CREATE TABLE IF NOT EXISTS export_schedules (
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS export_schedules_due ON export_schedules (next_due_at);
+ALTER TABLE exports ADD COLUMN IF NOT EXISTS lease_until timestamptz;  -- an export under way proves it is alive
+CREATE TABLE IF NOT EXISTS notifications (
+    notification_id uuid PRIMARY KEY,
+    request_id      uuid NOT NULL REFERENCES export_requests,
+    event           text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    claimed_until   timestamptz,
+    attempts        integer NOT NULL DEFAULT 0,
+    sent_at         timestamptz,
+    last_error      text,
+    UNIQUE (request_id, event)
+);
 CREATE OR REPLACE VIEW export_request_status AS
     SELECT r.request_id, r.export_id, r.idempotency_key, r.account_id, r.requested_by, r.notify_email,
            r.categories, r.formats, r.state, r.requested_at, r.deadline_at, r.delivered_at, r.link_expires_at,
@@ -118,6 +130,15 @@ class Submission:
     joined: bool        # the request joined an export already under way
     replayed: bool      # the idempotency key was seen before: this is that request
     needs_trigger: bool  # nobody has started the export's DAG run yet
+    options: dict | None = None  # what the export's run must be triggered with (it may serve more than asked)
+
+
+# How an export under way proves it is alive. An export run in one process renews its lease while it
+# works (`renew_lease`); a DAG run's export is alive while its DAG run is queued or running, which a
+# caller that can ask Airflow tells through `run_state`. An export that proves nothing is dead: it is
+# marked failed with why, and its waiting requesters move to the export that replaces it.
+RunState = Callable[[str], str | None]  # DAG run id -> its state; None when there is no such run
+LEASE_GRACE = timedelta(minutes=10)  # a DAG run just triggered or between tasks, before anyone asks Airflow
 
 
 @contextmanager
@@ -128,11 +149,13 @@ def connect() -> Iterator:
     from portability import config
 
     conninfo = config.state_settings().conninfo
-    with config.connect_postgres(config.STATE_CONN_ID, conninfo, row_factory=dict_row) as conn:
+    # Autocommit: each step's writes are one explicit transaction, so nothing stays locked between steps
+    # (a delivery sending a slow webhook holds no row of the ledger).
+    with config.connect_postgres(config.STATE_CONN_ID, conninfo, row_factory=dict_row, autocommit=True) as conn:
         if conninfo not in _SCHEMA_READY:  # once per process: the view's replacement takes a strong lock
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
-            conn.execute(_SCHEMA)
-            conn.commit()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
+                conn.execute(_SCHEMA)
             _SCHEMA_READY.add(conninfo)
         yield conn
 
@@ -143,53 +166,131 @@ def _lock_account(conn, account_id: str) -> None:
 
 
 def submit(conn, request: dict, *, requested_by: str, notify_email: str | None = None,
-           webhook_url: str | None = None, idempotency_key: str | None = None) -> Submission:
+           webhook_url: str | None = None, idempotency_key: str | None = None,
+           run_state: RunState | None = None) -> Submission:
     """Record a validated request (`portability.request.parse_request(...).to_dict()`).
 
     The same idempotency key again gives the same request; a request for an account whose
-    export is under way, with options it covers, joins that export.
+    export is under way and alive, with options it covers, joins that export. `run_state`
+    tells whether a DAG run is still queued or running (without it, a DAG run's export whose
+    lease ran out is neither joined nor judged).
     """
     with conn.transaction():
         _lock_account(conn, request["account_id"])
         if idempotency_key:
             seen = conn.execute(
-                "SELECT r.*, e.dag_run_id, e.state AS export_state FROM export_requests r JOIN exports e "
+                "SELECT r.*, e.dag_run_id, e.state AS export_state, e.categories AS export_categories, "
+                "e.formats AS export_formats FROM export_requests r JOIN exports e "
                 "USING (export_id) WHERE idempotency_key = %s", (idempotency_key,)).fetchone()
             if seen:
                 _same_request(seen, request, idempotency_key)
+                options = {**request, "categories": seen["export_categories"], "formats": seen["export_formats"]}
                 return Submission(str(seen["request_id"]), str(seen["export_id"]), seen["dag_run_id"],
-                                  joined=False, replayed=True, needs_trigger=seen["export_state"] == "requested")
-        running = _export_covering(conn, request)
-        joined = running is not None
-        if joined:
-            export_id, dag_run_id = str(running["export_id"]), running["dag_run_id"]
-        else:
-            # The DAG derives its export id from its run id; the run id is chosen here, before the trigger.
-            dag_run_id = f"request__{uuid.uuid4()}"
-            export_id = export_id_for_run(DAG_ID, dag_run_id)
-            _insert_export(conn, export_id, request, "requested", dag_run_id)
+                                  joined=False, replayed=True, needs_trigger=seen["export_state"] == "requested",
+                                  options=options)
+        running, dead = _live_export_covering(conn, request, run_state)
         request_id = str(uuid.uuid4())
+        if running is not None:
+            export_id, dag_run_id, state = str(running["export_id"]), running["dag_run_id"], running["state"]
+            _move_requests(conn, dead, export_id, _waiting_state(state))
+            _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
+                            idempotency_key, _waiting_state(state))
+            return Submission(request_id, export_id, dag_run_id, joined=True, replayed=False,
+                              needs_trigger=state == "requested", options=_options(running, request))
+        # The DAG derives its export id from its run id; the run id is chosen here, before the trigger.
+        dag_run_id = f"request__{uuid.uuid4()}"
+        export_id = export_id_for_run(DAG_ID, dag_run_id)
+        options = _widened(request, dead)
+        _insert_export(conn, export_id, options, "requested", dag_run_id, lease=LEASE_GRACE)
+        _move_requests(conn, dead, export_id, "requested")
         _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
-                        idempotency_key, "running" if joined and running["state"] == "running" else "requested")
-    return Submission(request_id, export_id, dag_run_id, joined=joined, replayed=False,
-                      needs_trigger=not joined or running["state"] == "requested")
+                        idempotency_key, "requested")
+    return Submission(request_id, export_id, dag_run_id, joined=False, replayed=False, needs_trigger=True,
+                      options=options)
 
 
-def _export_covering(conn, request: dict) -> dict | None:
-    """The account's export under way whose categories, formats and on_invalid serve this request, if any."""
-    return conn.execute(
-        "SELECT export_id, dag_run_id, state FROM exports WHERE account_id = %s AND state = ANY(%s) "
-        "AND categories @> %s AND formats @> %s AND on_invalid = %s ORDER BY created_at LIMIT 1",
+def _waiting_state(export_state: str) -> str:
+    return "running" if export_state == "running" else "requested"
+
+
+def _options(export: dict, request: dict) -> dict:
+    return {**request, "categories": list(export["categories"]), "formats": list(export["formats"]),
+            "on_invalid": export["on_invalid"]}
+
+
+def _live_export_covering(conn, request: dict, run_state: RunState | None) -> tuple[dict | None, list[dict]]:
+    """The account's live export under way that serves this request, and the dead ones found on the way.
+
+    Dead ones are marked failed with the reason; the caller moves their waiting requesters on.
+    """
+    rows = conn.execute(
+        "SELECT export_id, dag_run_id, state, categories, formats, on_invalid, lease_until, "
+        "coalesce(lease_until > now(), false) AS leased FROM exports WHERE account_id = %s AND state = ANY(%s) "
+        "AND categories @> %s AND formats @> %s AND on_invalid = %s ORDER BY created_at FOR UPDATE",
         (request["account_id"], list(ACTIVE), request["categories"], request["formats"],
-         request["on_invalid"])).fetchone()
+         request["on_invalid"])).fetchall()
+    dead = []
+    for row in rows:
+        alive, why = _liveness(row, run_state)
+        if alive:
+            return row, dead
+        if alive is False:
+            _mark_dead(conn, row, why)
+            dead.append(row)
+        # None: it cannot be told here, so it is neither joined nor judged
+    return None, dead
 
 
-def _insert_export(conn, export_id: str, request: dict, state: str, dag_run_id: str | None) -> None:
+def _liveness(row: dict, run_state: RunState | None) -> tuple[bool | None, str]:
+    """Whether an export under way is alive (None: cannot be told without Airflow), and if dead, why."""
+    if row["leased"]:
+        return True, ""
+    if row["dag_run_id"] is None:
+        since = f" at {row['lease_until']:%Y-%m-%d %H:%M:%S} UTC" if row["lease_until"] else ""
+        return False, (f"the process exporting it stopped without finishing (its lease ran out{since}: "
+                       "killed, or its machine was lost)")
+    if run_state is None:
+        return None, ""
+    try:
+        state = run_state(row["dag_run_id"])
+    except Exception:  # noqa: BLE001 (Airflow did not answer: nothing can be told, so nothing is judged)
+        return None, ""
+    if state in ("queued", "running"):
+        return True, ""
+    return False, f"its DAG run {row['dag_run_id']} is {state or 'gone'} but never finished the export"
+
+
+def _mark_dead(conn, row: dict, reason: str) -> None:
+    conn.execute("UPDATE exports SET state = 'failed', failed_at = now(), error = %s WHERE export_id = %s "
+                 "AND state = ANY(%s)", (f"abandoned: {reason}"[:2000], row["export_id"], list(ACTIVE)))
+
+
+def _move_requests(conn, dead: list[dict], export_id: str, state: str) -> None:
+    """The requesters still waiting on dead exports now wait on `export_id`; their deadlines stay as they were."""
+    if dead:
+        conn.execute("UPDATE export_requests SET export_id = %s, state = %s WHERE export_id = ANY(%s) "
+                     "AND state = ANY(%s)", (export_id, state, [row["export_id"] for row in dead], list(ACTIVE)))
+
+
+def _widened(request: dict, dead: list[dict]) -> dict:
+    """The request's options, widened to serve every requester moved over from the dead exports."""
+    if not dead:
+        return dict(request)
+    from portability.schemas import SchemaSet
+
+    properties = SchemaSet().request["properties"]
+    wanted = {name: set(request[name]).union(*(row[name] for row in dead)) for name in ("categories", "formats")}
+    return {**request, **{name: [v for v in properties[name]["items"]["enum"] if v in wanted[name]]
+                          for name in wanted}}
+
+
+def _insert_export(conn, export_id: str, request: dict, state: str, dag_run_id: str | None,
+                   lease: timedelta | None = None) -> None:
     conn.execute(
-        "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id, started_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'running' THEN now() END)",
+        "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id, started_at, "
+        "lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'running' THEN now() END, now() + %s)",
         (export_id, request["account_id"], request["categories"], request["formats"], request["on_invalid"], state,
-         dag_run_id, state))
+         dag_run_id, state, lease or timedelta(0)))
 
 
 def _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
@@ -214,24 +315,31 @@ def _same_request(seen: dict, request: dict, key: str) -> None:
 
 
 def begin(conn, plan: dict, dag_run_id: str, *, requested_by: str = "airflow",
-          notify_email: str | None = None, webhook_url: str | None = None) -> dict:
+          notify_email: str | None = None, webhook_url: str | None = None,
+          run_state: RunState | None = None) -> dict:
     """The DAG run for `plan` starts: mark its export running, recording it first if it came straight from the API.
 
-    Returns {"joined": export_id} when another export of the account already covers this request,
-    in which case this run only records the request and stops.
+    Returns {"joined": export_id} when another live export of the account already covers this
+    request, in which case this run only records the request and stops. A dead one is replaced
+    by this run: the returned options, widened to serve its requesters too, replace the plan's.
     """
     export_id = plan["export_id"]
+    widened: dict = {}
     with conn.transaction():
         _lock_account(conn, plan["account_id"])
         known = conn.execute("SELECT state FROM exports WHERE export_id = %s", (export_id,)).fetchone()
         if known is None:
             # Triggered through the REST API or the UI: the run id is the idempotency key.
-            other = _export_covering(conn, plan)
+            other, dead = _live_export_covering(conn, plan, run_state)
             if other is not None:
+                _move_requests(conn, dead, str(other["export_id"]), _waiting_state(other["state"]))
                 _insert_request(conn, str(uuid.uuid4()), str(other["export_id"]), plan, requested_by, notify_email,
-                                webhook_url, f"{DAG_ID}/{dag_run_id}", "requested")
+                                webhook_url, f"{DAG_ID}/{dag_run_id}", _waiting_state(other["state"]))
                 return {"joined": str(other["export_id"])}
-            _insert_export(conn, export_id, plan, "requested", dag_run_id)
+            options = _widened(plan, dead)
+            widened = {name: options[name] for name in ("categories", "formats") if options[name] != plan[name]}
+            _insert_export(conn, export_id, options, "requested", dag_run_id)
+            _move_requests(conn, dead, export_id, "requested")
             _insert_request(conn, str(uuid.uuid4()), export_id, plan, requested_by, notify_email, webhook_url,
                             f"{DAG_ID}/{dag_run_id}", "requested")
         elif known["state"] in ("ready", "delivered"):
@@ -239,19 +347,105 @@ def begin(conn, plan: dict, dag_run_id: str, *, requested_by: str = "airflow",
         elif known["state"] == "cancelled":
             return {"cancelled": export_id}
         conn.execute("UPDATE exports SET state = 'running', started_at = coalesce(started_at, now()), error = NULL, "
-                     "failed_at = NULL WHERE export_id = %s", (export_id,))
+                     "failed_at = NULL, lease_until = now() + %s WHERE export_id = %s", (LEASE_GRACE, export_id))
         conn.execute("UPDATE export_requests SET state = 'running' WHERE export_id = %s AND state IN "
                      "('requested', 'failed')", (export_id,))
-    return {}
+    return widened
 
 
-def record_started(conn, plan: dict, *, requested_by: str, notify_email: str | None = None) -> str:
-    """An export run in one process (the `export` command, a scheduled export) starts; returns its request id."""
-    request_id = str(uuid.uuid4())
+def start_in_process(conn, request: dict, *, requested_by: str, notify_email: str | None, lease: timedelta,
+                     request_id: str | None = None) -> tuple[str, str, dict | None]:
+    """An export run in one process (the `export` command, a scheduled export) starts, or joins one under way.
+
+    Returns (request id, export id, options): `options` is what this process must export, widened to
+    serve the requesters of dead exports it replaces; None when it joined a live export and only waits.
+    With `request_id`, an existing request whose export died is placed again.
+    """
     with conn.transaction():
-        _insert_export(conn, plan["export_id"], plan, "running", None)
-        _insert_request(conn, request_id, plan["export_id"], plan, requested_by, notify_email, None, None, "running")
-    return request_id
+        _lock_account(conn, request["account_id"])
+        # Without Airflow at hand, a DAG run's export is joined only while its lease holds.
+        running, dead = _live_export_covering(conn, request, None)
+        if running is not None:
+            _move_requests(conn, dead, str(running["export_id"]), _waiting_state(running["state"]))
+            if request_id is None:
+                request_id = str(uuid.uuid4())
+                _insert_request(conn, request_id, str(running["export_id"]), request, requested_by, notify_email,
+                                None, None, _waiting_state(running["state"]))
+            return request_id, str(running["export_id"]), None
+        from portability.request import new_export_id
+
+        export_id, options = new_export_id(), _widened(request, dead)
+        _insert_export(conn, export_id, options, "running", None, lease=lease)
+        _move_requests(conn, dead, export_id, "running")
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+            _insert_request(conn, request_id, export_id, request, requested_by, notify_email, None, None, "running")
+        else:  # its own export was not covering (another option set): bring it over too
+            conn.execute("UPDATE export_requests SET export_id = %s, state = 'running' WHERE request_id = %s",
+                         (export_id, request_id))
+    return request_id, export_id, options
+
+
+def renew_lease(conn, export_id: str, lease: timedelta) -> bool:
+    """The export is still being worked on; False if it is no longer under way (finished, failed, cancelled)."""
+    with conn.transaction():
+        return conn.execute("UPDATE exports SET lease_until = now() + %s WHERE export_id = %s AND state = ANY(%s)",
+                            (lease, export_id, list(ACTIVE))).rowcount > 0
+
+
+def waiting_on(conn, request_id: str) -> dict:
+    """The export a request waits on now, with whether it still proves to be alive."""
+    row = conn.execute(
+        "SELECT e.*, coalesce(e.lease_until > now(), false) AS leased FROM export_requests r JOIN exports e "
+        "USING (export_id) WHERE r.request_id = %s", (request_id,)).fetchone()
+    if row is None:
+        raise LedgerError(f"no request {request_id} in the ledger: check the request id")
+    return row
+
+
+def replace_dead(conn, request_id: str, run_state: RunState | None) -> dict | None:
+    """If the export a request waits on is dead, mark it failed and give its requesters a new export.
+
+    Returns None when the export is alive (or cannot be judged), else the new export's DAG run and
+    options, for the caller to trigger.
+    """
+    with conn.transaction():
+        row = waiting_on(conn, request_id)
+        _lock_account(conn, row["account_id"])
+        row = conn.execute("SELECT *, coalesce(lease_until > now(), false) AS leased FROM exports "
+                           "WHERE export_id = %s FOR UPDATE", (row["export_id"],)).fetchone()
+        if row["state"] not in ACTIVE:
+            return None
+        alive, why = _liveness(row, run_state)
+        if alive is not False:
+            return None
+        _mark_dead(conn, row, why)
+        dag_run_id = f"request__{uuid.uuid4()}"
+        export_id = export_id_for_run(DAG_ID, dag_run_id)
+        options = {"account_id": row["account_id"], "categories": list(row["categories"]),
+                   "formats": list(row["formats"]), "on_invalid": row["on_invalid"]}
+        _insert_export(conn, export_id, options, "requested", dag_run_id, lease=LEASE_GRACE)
+        _move_requests(conn, [row], export_id, "requested")
+    return {"export_id": export_id, "dag_run_id": dag_run_id, "options": options}
+
+
+def reap_dead(conn, run_state: RunState | None) -> list[str]:
+    """Mark failed every export under way that proves dead, and its waiting requests with it (the deadline
+    watch lists them); returns their export ids."""
+    reaped = []
+    with conn.transaction():
+        rows = conn.execute("SELECT export_id, dag_run_id, state, lease_until, coalesce(lease_until > now(), false) "
+                            "AS leased FROM exports WHERE state = ANY(%s) FOR UPDATE SKIP LOCKED",
+                            (list(ACTIVE),)).fetchall()
+        for row in rows:
+            alive, why = _liveness(row, run_state)
+            if alive is not False:
+                continue
+            _mark_dead(conn, row, why)
+            conn.execute("UPDATE export_requests SET state = 'failed' WHERE export_id = %s AND state = ANY(%s)",
+                         (row["export_id"], list(ACTIVE)))
+            reaped.append(str(row["export_id"]))
+    return reaped
 
 
 def finish(conn, summary: dict, retention: timedelta) -> None:
@@ -297,24 +491,68 @@ def cancel(conn, request_id: str) -> dict:
     return {"export_id": str(row["export_id"]), "dag_run_id": row["dag_run_id"], "export_cancelled": not waiting}
 
 
-def undelivered(conn, export_id: str) -> list[dict]:
-    """The requests an export serves that have not been told of it yet, locked until the caller's transaction
-    ends: a concurrent delivery of the same export skips them rather than telling the requesters twice."""
-    return conn.execute(
-        "SELECT * FROM export_requests WHERE export_id = %s AND state = 'ready' ORDER BY requested_at "
-        "FOR UPDATE SKIP LOCKED", (export_id,)).fetchall()
+# A notification's id is the same on every attempt, so that a receiver can drop a repeat: delivery is
+# at least once (a process killed between sending and recording sends again after the claim runs out).
+NOTIFICATION_NAMESPACE = uuid.UUID("0b5c3a52-93c1-5d8e-a7f4-2d6e1c9b8a30")
 
 
-def delivered(conn, request_id: str, link_expires_at: str, error: str | None = None) -> None:
-    """A requester was given the link (or the attempt failed, with `error`)."""
+def notification_id(request_id: str, event: str) -> str:
+    return str(uuid.uuid5(NOTIFICATION_NAMESPACE, f"{request_id}\n{event}"))
+
+
+def queue_notifications(conn, export_id: str, event: str = "export.ready") -> int:
+    """The outbox: one notification per requester of the export who is waiting to be told and has a channel."""
     with conn.transaction():
-        if error:
-            conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
-                         (error[:2000], request_id))
-        else:
-            conn.execute(
-                "UPDATE export_requests SET state = 'delivered', delivered_at = now(), link_expires_at = %s, "
-                "notification_error = NULL WHERE request_id = %s", (link_expires_at, request_id))
+        waiting = conn.execute(
+            "SELECT request_id FROM export_requests WHERE export_id = %s AND state = 'ready' "
+            "AND (notify_email IS NOT NULL OR webhook_url IS NOT NULL)", (export_id,)).fetchall()
+        for row in waiting:
+            conn.execute("INSERT INTO notifications (notification_id, request_id, event) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (request_id, event) DO NOTHING",
+                         (notification_id(str(row["request_id"]), event), row["request_id"], event))
+    return len(waiting)
+
+
+def claim_notification(conn, export_id: str, claim: timedelta, skip: list[str]) -> dict | None:
+    """Take the next unsent notification of the export for `claim` (committed at once, so no lock is held while
+    it is sent); None when there is none left that nobody else holds. `skip`: ids this caller already tried."""
+    with conn.transaction():
+        return conn.execute(
+            "WITH next AS (SELECT n.notification_id FROM notifications n JOIN export_requests r USING (request_id) "
+            "  WHERE r.export_id = %s AND r.state = 'ready' AND n.sent_at IS NULL "
+            "  AND (n.claimed_until IS NULL OR n.claimed_until < now()) AND NOT n.notification_id = ANY(%s) "
+            "  ORDER BY n.created_at LIMIT 1 FOR UPDATE OF n SKIP LOCKED) "
+            "UPDATE notifications n SET claimed_until = now() + %s, attempts = attempts + 1 FROM next, "
+            "export_requests r WHERE n.notification_id = next.notification_id AND r.request_id = n.request_id "
+            "RETURNING n.notification_id, n.event, n.attempts, r.*",
+            (export_id, skip, claim)).fetchone()
+
+
+def notification_sent(conn, notification: dict, link_expires_at: str) -> None:
+    with conn.transaction():
+        conn.execute("UPDATE notifications SET sent_at = now(), claimed_until = NULL, last_error = NULL "
+                     "WHERE notification_id = %s", (notification["notification_id"],))
+        conn.execute(
+            "UPDATE export_requests SET state = 'delivered', delivered_at = now(), link_expires_at = %s, "
+            "notification_error = NULL WHERE request_id = %s AND state = 'ready'",
+            (link_expires_at, notification["request_id"]))
+
+
+def notification_failed(conn, notification: dict, error: str) -> None:
+    """Released for the next attempt (the task's retry), with the error kept on the request."""
+    with conn.transaction():
+        conn.execute("UPDATE notifications SET claimed_until = NULL, last_error = %s WHERE notification_id = %s",
+                     (error[:2000], notification["notification_id"]))
+        conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
+                     (error[:2000], notification["request_id"]))
+
+
+def delivered(conn, request_id: str, link_expires_at: str) -> None:
+    """A requester was handed the link directly (the command's output, `portability link`)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE export_requests SET state = 'delivered', delivered_at = now(), link_expires_at = %s, "
+            "notification_error = NULL WHERE request_id = %s", (link_expires_at, request_id))
 
 
 def export_record(conn, export_id: str) -> dict:

@@ -1,7 +1,8 @@
 """The local set-up of the README: a state folder, the embedded stores and an Airflow home.
 
-Used when nothing is configured: the demo, the tests and a developer's shell all run against a
-real PostgreSQL and a real S3 server started from PyPI packages under `.state/`.
+Used only when asked for (`portability --dev-stores`, `portability stores start --env`, the demo, the
+tests, the benchmark): a real PostgreSQL and a real S3 server started from PyPI packages under
+`.state/`. A deployment never reaches this module.
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ def start_stores(state: Path | None = None) -> dict[str, str]:
 
 
 def apply(env: dict[str, str]) -> None:
-    """Point this process at the local set-up, unless the user configured real stores."""
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
+    """Point this process at the local set-up; only ever on request (--dev-stores, the demo, the benchmark)."""
+    os.environ.update(env)
 
 
 def airflow(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:

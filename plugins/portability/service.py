@@ -11,6 +11,8 @@ opening Airflow. Links are minted when handed over and never stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from portability import config, export, ledger
@@ -23,28 +25,106 @@ log = logging.getLogger(__name__)
 DEADLINE_ALERT_QUIET = timedelta(hours=20)
 
 
-def export_now(conf: dict, *, requested_by: str = "portability export") -> tuple[dict, str]:
+def export_now(conf: dict, *, requested_by: str = "portability export",
+               on_progress: Callable[[str], None] | None = None) -> tuple[dict, str]:
     """The whole export in this process (the `export` command, a scheduled export), recorded in the ledger like
-    any other; returns the summary and the request id (`link(..., request_id=)` hands the link over)."""
-    from portability.request import new_export_id
+    any other; returns the summary and the request id (`link(..., request_id=)` hands the link over).
 
-    current = export.plan(conf, new_export_id())
-    requester = parse_request(conf, SchemaSet()).requester()
-    with ledger.connect() as conn:
-        request_id = ledger.record_started(conn, current, requested_by=requester["requested_by"] or requested_by,
-                                           notify_email=requester["notify_email"])
+    If an export of the account that covers the request is already under way and alive, this joins it
+    and waits for its archive instead of doing the work twice; if that one dies, this takes over.
+    `on_progress` hears, in words, when this waits on another export.
+    """
+    request = parse_request(conf, SchemaSet())
+    requester = request.requester()
+    lease = config.export_lease()
+    request_id = None
+    while True:
+        with ledger.connect() as conn:
+            request_id, export_id, options = ledger.start_in_process(
+                conn, request.to_dict(), requested_by=requester["requested_by"] or requested_by,
+                notify_email=requester["notify_email"], lease=lease, request_id=request_id)
+        if options is not None:
+            return _export_in_process(options, export_id, lease), request_id
+        if on_progress:
+            on_progress(f"export {export_id} of this account is under way: waiting for its archive")
+        summary = _wait_for(export_id, lease)
+        if summary is not None:
+            return summary, request_id
+        # It died: place the request again (it is moved to the export that replaces it, perhaps this one).
+
+
+def _export_in_process(options: dict, export_id: str, lease: timedelta) -> dict:
+    conf = {name: options[name] for name in ("account_id", "categories", "formats", "expires_in_hours",
+                                             "on_invalid")}
     try:
-        summary = export.run_export(conf, current["export_id"])
+        with _renewing(export_id, lease):
+            summary = export.run_export(conf, export_id)
     except BaseException as exc:
-        with ledger.connect() as conn:
-            ledger.fail(conn, current["export_id"], f"{type(exc).__name__}: {exc}")
+        _record_failure(export_id, exc)
         raise
-    if requester["notify_email"]:
-        deliver(summary)  # records the archive and emails the link
-    else:
+    deliver(summary)  # records the archive and tells the requesters that have a channel
+    return summary
+
+
+def _record_failure(export_id: str, exc: BaseException) -> None:
+    """The export failed: say so in the ledger, unless the ledger is what failed (the first error is what counts)."""
+    try:
         with ledger.connect() as conn:
-            ledger.finish(conn, summary, config.retention())
-    return summary, request_id
+            ledger.fail(conn, export_id, f"{type(exc).__name__}: {exc}")
+    except Exception as ledger_exc:  # noqa: BLE001
+        log.warning("could not record the failure of export %s in the ledger (%s); its lease runs out instead",
+                    export_id, type(ledger_exc).__name__)
+
+
+@contextmanager
+def _renewing(export_id: str, lease: timedelta) -> Iterator[None]:
+    """Renew the export's lease every quarter of it while the block runs, proving the export alive."""
+    import threading
+
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease.total_seconds() / 4):
+            try:
+                with ledger.connect() as conn:
+                    ledger.renew_lease(conn, export_id, lease)
+            except Exception as exc:  # noqa: BLE001 (the export goes on; a lapse only lets others take over)
+                log.warning("could not renew the lease of export %s: %s", export_id, type(exc).__name__)
+
+    renewer = threading.Thread(target=renew, name=f"lease:{export_id}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+
+
+def _wait_for(export_id: str, lease: timedelta) -> dict | None:
+    """The summary of another process's export once it is published; None if it died first."""
+    import time
+
+    while True:
+        with ledger.connect() as conn:
+            record = ledger.export_record(conn, export_id)
+            leased = conn.execute("SELECT lease_until > now() AS leased FROM exports WHERE export_id = %s",
+                                  (export_id,)).fetchone()["leased"]
+        if record["state"] in ("ready", "delivered"):
+            return _summary_of(record)
+        if record["state"] in ("failed", "cancelled", "expired"):
+            if record["error"] and record["error"].startswith("abandoned:"):
+                return None
+            raise export.ExportError(f"export {export_id} of this account, which this request joined, "
+                                     f"{record['state']}: {record['error'] or 'no reason recorded'}")
+        if not leased:
+            return None
+        time.sleep(min(1.0, lease.total_seconds() / 4))
+
+
+def _summary_of(record: dict) -> dict:
+    return {"export_id": str(record["export_id"]), "account_id": record["account_id"], "region": record["region"],
+            "bucket": record["bucket"], "key": record["archive_key"], "bytes": record["bytes"],
+            "sha256": record["sha256"], "snapshot_at": record["snapshot_at"], "counts": record["counts"]}
 
 
 def schedule(conf: dict, every_days: int, *, first_due: datetime | None = None) -> dict:
@@ -93,8 +173,12 @@ def run_scheduled(account_ids: list[str]) -> dict:
     return {"succeeded": succeeded, "failed": failed}
 
 
-def submit(conf: dict, *, idempotency_key: str | None = None) -> ledger.Submission:
-    """Validate and record a request; the caller triggers the DAG run when `needs_trigger`."""
+def submit(conf: dict, *, idempotency_key: str | None = None,
+           run_state: ledger.RunState | None = None) -> ledger.Submission:
+    """Validate and record a request; the caller triggers the DAG run when `needs_trigger`, with its `options`.
+
+    `run_state` (a DAG run id's state, from Airflow) lets a dead DAG run's export be told from a live one.
+    """
     request = parse_request(conf, SchemaSet())
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200 and idempotency_key.isprintable()):
         raise RequestError("invalid idempotency key: 1 to 200 printable characters")
@@ -102,18 +186,28 @@ def submit(conf: dict, *, idempotency_key: str | None = None) -> ledger.Submissi
     with ledger.connect() as conn:
         return ledger.submit(conn, request.to_dict(), requested_by=requester["requested_by"] or "portability request",
                              notify_email=requester["notify_email"], webhook_url=requester["webhook_url"],
-                             idempotency_key=idempotency_key)
+                             idempotency_key=idempotency_key, run_state=run_state)
 
 
-def begin(conf: dict, dag_id: str, run_id: str) -> dict:
-    """The first task of a run: the plan, with "joined" set if another export of the account already serves it."""
+def replace_dead(request_id: str, run_state: ledger.RunState | None) -> dict | None:
+    """If the export a request waits on died, it is marked failed and a new one takes its requesters: returns
+    that export's DAG run id and options for the caller to trigger; None while the export is alive."""
+    export.check_export_id(request_id, "request id")
+    with ledger.connect() as conn:
+        return ledger.replace_dead(conn, request_id, run_state)
+
+
+def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None) -> dict:
+    """The first task of a run: the plan, with "joined" set if another live export of the account already serves
+    it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters."""
     request = parse_request(conf, SchemaSet())
     plan = export.plan(conf, export_id_for_run(dag_id, run_id))
     requester = request.requester()
     with ledger.connect() as conn:
-        joined = ledger.begin(conn, plan, run_id, requested_by=requester["requested_by"] or "airflow",
-                              notify_email=requester["notify_email"], webhook_url=requester["webhook_url"])
-    return {**plan, **joined}
+        outcome = ledger.begin(conn, plan, run_id, requested_by=requester["requested_by"] or "airflow",
+                               notify_email=requester["notify_email"], webhook_url=requester["webhook_url"],
+                               run_state=run_state)
+    return {**plan, **outcome}
 
 
 def cancel(request_id: str) -> dict:
@@ -130,35 +224,42 @@ def fail(dag_id: str, run_id: str, error: str) -> None:
         ledger.fail(conn, export_id_for_run(dag_id, run_id), error)
 
 
+# How long a sender holds a notification before another may send it (a killed sender's claim runs out).
+NOTIFICATION_CLAIM = timedelta(minutes=10)
+
+
 def deliver(summary: dict) -> dict:
     """Record the published archive and tell each waiting requester; returns how many were told.
 
-    A requester without a channel (no email, no webhook) reads the link from `portability link`
-    or `portability request --wait`, and stays 'ready'. A failed channel is recorded on the
-    request and raised, so the task retries; those already told are not told again.
+    The notifications go through an outbox: each is queued in the ledger, claimed (committed, so no
+    lock is held while a slow webhook retries), sent, then marked sent. Delivery is at least once,
+    and every notification carries an id that stays the same on each attempt. A requester without a
+    channel reads the link from `portability link` or `portability request --wait`, and stays
+    'ready'. A failed channel is recorded on the request and raised, so the task retries; those
+    already told are not told again.
     """
     from portability.delivery import DeliveryError, post_webhook, ready_notice, send_email
 
-    retention = config.retention()
     with ledger.connect() as conn:
-        ledger.finish(conn, summary, retention)
+        ledger.finish(conn, summary, config.retention())
+        ledger.queue_notifications(conn, summary["export_id"])
         record = ledger.export_record(conn, summary["export_id"])
-        told, failures = 0, []
-        for request in ledger.undelivered(conn, summary["export_id"]):
-            if not (request["notify_email"] or request["webhook_url"]):
-                continue
-            link = _link(record, request["expires_in_hours"])
-            notice = ready_notice(request, summary, link)
+        told, failures, tried = 0, [], []
+        while (notification := ledger.claim_notification(conn, summary["export_id"], NOTIFICATION_CLAIM,
+                                                         tried)) is not None:
+            tried.append(notification["notification_id"])
             try:
-                if request["notify_email"]:
-                    send_email(request["notify_email"], notice)
-                if request["webhook_url"]:
-                    post_webhook(request["webhook_url"], notice)
-            except DeliveryError as exc:
-                ledger.delivered(conn, str(request["request_id"]), link.expires_at, error=str(exc))
-                failures.append(f"request {request['request_id']}: {exc}")
+                link = _link(record, notification["expires_in_hours"])
+                notice = ready_notice(notification, summary, link)
+                if notification["notify_email"]:
+                    send_email(notification["notify_email"], notice)
+                if notification["webhook_url"]:
+                    post_webhook(notification["webhook_url"], notice)
+            except (DeliveryError, export.ExportError) as exc:
+                ledger.notification_failed(conn, notification, str(exc))
+                failures.append(f"request {notification['request_id']}: {exc}")
                 continue
-            ledger.delivered(conn, str(request["request_id"]), link.expires_at)
+            ledger.notification_sent(conn, notification, link.expires_at)
             told += 1
     if failures:
         raise DeliveryError("; ".join(failures))
@@ -259,19 +360,24 @@ def status(request_id: str) -> dict:
         return ledger.request_status(conn, request_id)
 
 
-def watch_deadlines(within_days: int = 7) -> dict:
+def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = None) -> dict:
     """The deadline alert: counts overdue and due requests, and emails the list to the privacy team when it
     holds a request not alerted in the last DEADLINE_ALERT_QUIET, so that a retried, repeated or concurrent
-    run does not send the same list again."""
+    run does not send the same list again. Exports under way that died are marked failed first, so that
+    their requests show as failed instead of waiting for ever."""
     from portability.delivery import send_deadline_alert
 
     to = config.privacy_team_email()
     with ledger.connect() as conn:
+        reaped = ledger.reap_dead(conn, run_state)
+        if reaped:
+            log.warning("%d export(s) under way had died and are now marked failed: %s", len(reaped),
+                        ", ".join(reaped))
         rows = ledger.overdue_or_due(conn, timedelta(days=within_days))
-        fresh = ledger.claim_deadline_alerts(conn, [row["request_id"] for row in rows], DEADLINE_ALERT_QUIET) \
-            if rows and to else []
-        if fresh:  # a failed email raises, the claims roll back and the next run tries again
-            send_deadline_alert(to, _report_rows(rows), within_days)
-        conn.commit()
+        with conn.transaction():  # a failed email raises, the claims roll back and the next run tries again
+            fresh = ledger.claim_deadline_alerts(conn, [row["request_id"] for row in rows], DEADLINE_ALERT_QUIET) \
+                if rows and to else []
+            if fresh:
+                send_deadline_alert(to, _report_rows(rows), within_days)
     overdue = sum(1 for row in rows if row["overdue"])
-    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh)}
+    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh), "abandoned": len(reaped)}

@@ -157,7 +157,7 @@ class UploadStream(io.RawIOBase):
     def _put(self, item) -> None:
         while True:
             if self._error is not None:
-                raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+                raise StorageError(f"upload failed: {explain(self._error)}") from self._error
             try:
                 self._chunks.put(item, timeout=0.5)
                 return
@@ -174,7 +174,7 @@ class UploadStream(io.RawIOBase):
         if isinstance(self._error, Exception) and _is_precondition_failure(self._error):
             raise AlreadyPublished("the object already exists") from self._error
         if self._error is not None:
-            raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+            raise StorageError(f"upload failed: {explain(self._error)}") from self._error
 
     def abort(self) -> None:
         """Abandon the upload: nothing becomes visible."""
@@ -201,7 +201,7 @@ class PartUpload:
         try:
             self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
         except Exception as exc:
-            raise StorageError(f"upload failed: {_brief(exc)}") from exc
+            raise StorageError(f"upload failed: {explain(exc)}") from exc
         self._senders = ThreadPoolExecutor(2, thread_name_prefix="part")
         self._slots = threading.BoundedSemaphore(self._IN_FLIGHT)
         self._lock = threading.Lock()
@@ -239,7 +239,7 @@ class PartUpload:
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
-            raise StorageError(f"upload failed: {_brief(self._error)}") from self._error
+            raise StorageError(f"upload failed: {explain(self._error)}") from self._error
 
     def complete(self) -> int:
         """Wait for every part and make the object; returns its size."""
@@ -255,7 +255,7 @@ class PartUpload:
             if _is_precondition_failure(exc):
                 self.abort()
                 raise AlreadyPublished("the object already exists") from exc
-            raise StorageError(f"upload failed: {_brief(exc)}") from exc
+            raise StorageError(f"upload failed: {explain(exc)}") from exc
         return sum(size for _, size in self._sent.values())
 
     def abort(self) -> None:
@@ -288,6 +288,44 @@ def _brief(exc: BaseException) -> str:
         error = response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
     return type(exc).__name__ + (f": {exc}" if not getattr(exc, "request", None) else "")
+
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+                     "InvalidClientTokenId", "AuthorizationHeaderMalformed", "InvalidSecurity"}
+
+
+def explain(exc: BaseException) -> str:
+    """What an S3 failure means for whoever runs the export, and what to check; no URL, key or secret."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    from portability.config import STORAGE_CONN_ID
+
+    where = f"Airflow connection {STORAGE_CONN_ID!r}"
+    if isinstance(exc, StorageError):
+        return str(exc)
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _CREDENTIAL_CODES or status == 403:  # a HEAD's refusal has no body, only its status
+            return (f"object storage refused the credentials of {where} ({_brief(exc)}): check its login "
+                    "(access key id) and password (secret key)")
+        if code == "NoSuchBucket":
+            bucket = exc.response.get("Error", {}).get("BucketName", "")
+            return (f"object storage has no bucket {bucket!r} ({where}): create it, or correct PORTABILITY_BUCKETS"
+                    if bucket else "object storage has no such bucket: create it, or correct PORTABILITY_BUCKETS")
+        return f"object storage failed ({_brief(exc)}); check {where} and the server"
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
+        return (f"cannot reach object storage ({type(exc).__name__}): check the endpoint_url of {where} "
+                "and that the server is up")
+    if isinstance(exc, NoCredentialsError):
+        return f"no credentials for object storage: give {where} a login and password, or the worker an IAM role"
+    return f"object storage failed ({_brief(exc)}); check {where} and the server"
 
 
 class ObjectStore:
@@ -342,8 +380,8 @@ class ObjectStore:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return False
-            raise StorageError(f"object storage did not answer whether {key.rsplit('/', 1)[-1]} exists in {bucket} "
-                               f"({_brief(exc)}) after retries: retry later") from exc
+            raise StorageError(f"object storage did not answer whether {key.rsplit('/', 1)[-1]} exists in {bucket}: "
+                               f"{explain(exc)}") from exc
 
     def keys(self, bucket: str, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

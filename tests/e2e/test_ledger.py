@@ -99,11 +99,19 @@ def test_life_of_an_export_failed_then_ready_delivered_expired(conn):
                "bytes": 123, "sha256": "ab" * 32, "snapshot_at": "2026-01-01T00:00:00.000000Z",
                "counts": {"contacts": {"source_count": 1, "exported": 1, "quarantined": 0}}}
     ledger.finish(conn, summary, timedelta(days=30))
-    [waiting] = ledger.undelivered(conn, submission.export_id)
+    assert ledger.queue_notifications(conn, submission.export_id) == 1
+    claim = timedelta(minutes=10)
+    waiting = ledger.claim_notification(conn, submission.export_id, claim, [])
     assert str(waiting["request_id"]) == submission.request_id
+    assert waiting["notification_id"] == uuid.UUID(ledger.notification_id(submission.request_id, "export.ready"))
     with ledger.connect() as other:  # the same delivery running twice at once tells nobody twice
-        assert ledger.undelivered(other, submission.export_id) == []
-    ledger.delivered(conn, submission.request_id, "2026-01-04T00:00:00Z")
+        assert ledger.claim_notification(other, submission.export_id, claim, []) is None
+        # ... and the claim holds no lock while the notice is being sent: the ledger stays writable
+        other.execute("SET lock_timeout = '2s'")
+        other.execute("UPDATE export_requests SET notification_error = NULL WHERE request_id = %s",
+                      (submission.request_id,))
+        other.commit()
+    ledger.notification_sent(conn, waiting, "2026-01-04T00:00:00Z")
     row = ledger.request_status(conn, submission.request_id)
     assert (row["state"], row["bytes"], row["error"]) == ("delivered", 123, None)
     assert row["retain_until"] - row["ready_at"] == timedelta(days=30)
@@ -137,27 +145,27 @@ def test_deadline_alert_claims_a_request_once_per_quiet_period_and_a_concurrent_
     from portability import ledger
 
     late = ledger.submit(conn, _request(_account()), requested_by="a")
-    conn.commit()
     quiet = timedelta(hours=20)
-    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]
     claimed_elsewhere = []
-    with ledger.connect() as other:  # a second run while the first one's email is still going out
-        worker = threading.Thread(target=lambda: claimed_elsewhere.append(
-            ledger.claim_deadline_alerts(other, [late.request_id], quiet)))
-        worker.start()
-        assert _waits_on_a_lock(conn, other.info.backend_pid)  # on the first run's claim
-        conn.commit()  # the first run's email went out
-        worker.join(timeout=30)
-        other.commit()
+    with ledger.connect() as other, ledger.connect() as probe:
+        def second_watch():
+            with other.transaction():
+                claimed_elsewhere.append(ledger.claim_deadline_alerts(other, [late.request_id], quiet))
+
+        with conn.transaction():  # the first run's claim, held while its email goes out
+            assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]
+            worker = threading.Thread(target=second_watch)  # a second run meanwhile
+            worker.start()
+            assert _waits_on_a_lock(probe, other.info.backend_pid)  # on the first run's claim
+        worker.join(timeout=30)  # the first run's email went out
     assert claimed_elsewhere == [[]]
     assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == []  # a re-run the same day
     conn.execute("UPDATE export_requests SET deadline_alerted_at = now() - interval '21 hours' "
                  "WHERE request_id = %s", (late.request_id,))
-    conn.commit()
-    assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]  # next day
-    conn.rollback()  # the email failed: the claim is given back
+    with pytest.raises(RuntimeError), conn.transaction():
+        assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]  # next day
+        raise RuntimeError("the email failed")  # the claim is given back
     assert ledger.claim_deadline_alerts(conn, [late.request_id], quiet) == [uuid.UUID(late.request_id)]
-    conn.commit()
 
 
 def _waits_on_a_lock(conn, pid: int, timeout: float = 30) -> bool:
@@ -189,3 +197,100 @@ def test_cancel_withdraws_a_request_and_its_export_when_nobody_else_waits(conn):
     assert ledger.begin(conn, plan, first.dag_run_id) == {"cancelled": first.export_id}  # the run does nothing
     with pytest.raises(ledger.LedgerError, match="only a requested or running request can be cancelled"):
         ledger.cancel(conn, first.request_id)
+
+
+def test_a_notification_whose_sender_died_is_sent_again_with_the_same_id(conn):
+    from portability import ledger
+
+    account = _account()
+    submission = ledger.submit(conn, _request(account), requested_by="a", webhook_url="https://hooks.example/x")
+    ledger.begin(conn, {**_request(account), "export_id": submission.export_id}, submission.dag_run_id)
+    ledger.finish(conn, _summary(submission.export_id), timedelta(days=30))
+    ledger.queue_notifications(conn, submission.export_id)
+    ledger.queue_notifications(conn, submission.export_id)  # a retried task queues nothing twice
+    first = ledger.claim_notification(conn, submission.export_id, timedelta(minutes=10), [])
+    assert ledger.claim_notification(conn, submission.export_id, timedelta(minutes=10), []) is None
+    # The sender was killed before it recorded anything: once its claim runs out, the notice goes again.
+    conn.execute("UPDATE notifications SET claimed_until = now() - interval '1 second' WHERE notification_id = %s",
+                 (first["notification_id"],))
+    conn.commit()
+    again = ledger.claim_notification(conn, submission.export_id, timedelta(minutes=10), [])
+    assert again["notification_id"] == first["notification_id"] and again["attempts"] == 2
+    ledger.notification_failed(conn, again, "webhook answered HTTP 503 after 5 attempts")
+    assert ledger.request_status(conn, submission.request_id)["notification_error"].startswith("webhook answered")
+    third = ledger.claim_notification(conn, submission.export_id, timedelta(minutes=10), [])  # the task's retry
+    ledger.notification_sent(conn, third, "2026-01-04T00:00:00Z")
+    assert ledger.claim_notification(conn, submission.export_id, timedelta(minutes=10), []) is None
+    assert ledger.request_status(conn, submission.request_id)["state"] == "delivered"
+
+
+def _summary(export_id: str) -> dict:
+    return {"export_id": export_id, "region": "us", "bucket": "exports-us", "key": "exports/k.zip",
+            "bytes": 123, "sha256": "ab" * 32, "snapshot_at": "2026-01-01T00:00:00.000000Z",
+            "counts": {"contacts": {"source_count": 1, "exported": 1, "quarantined": 0}}}
+
+
+def _expire_lease(conn, export_id: str) -> None:
+    conn.execute("UPDATE exports SET lease_until = now() - interval '1 second' WHERE export_id = %s", (export_id,))
+    conn.commit()
+
+
+def test_a_request_never_joins_an_export_whose_process_died(conn):
+    from portability import ledger
+
+    account = _account()
+    lease = timedelta(seconds=30)
+    dead_request, dead_export, options = ledger.start_in_process(
+        conn, _request(account, categories=["contacts", "lists"]), requested_by="portability export",
+        notify_email=None, lease=lease)
+    assert options is not None  # it runs the export itself
+    joined_request, joined_export, joined = ledger.start_in_process(
+        conn, _request(account, categories=["contacts"]), requested_by="second", notify_email=None, lease=lease)
+    assert (joined_export, joined) == (dead_export, None)  # alive: the second one waits for it
+    deadline = ledger.request_status(conn, dead_request)["deadline_at"]
+
+    _expire_lease(conn, dead_export)  # kill -9: nothing renews the lease any more
+    late = ledger.submit(conn, _request(account, categories=["contacts"]), requested_by="late")
+    assert not late.joined and late.needs_trigger and late.export_id != dead_export
+    dead = ledger.export_record(conn, dead_export)
+    assert dead["state"] == "failed" and dead["error"].startswith("abandoned: the process exporting it stopped")
+    # Its requesters wait on the new export, which serves all they asked for, with their deadlines unchanged.
+    assert late.options["categories"] == ["lists", "contacts"]
+    for request_id in (dead_request, joined_request):
+        moved = ledger.request_status(conn, request_id)
+        assert (str(moved["export_id"]), moved["state"]) == (late.export_id, "requested")
+    assert ledger.request_status(conn, dead_request)["deadline_at"] == deadline
+
+
+def test_a_dag_run_export_is_alive_while_airflow_says_its_run_is(conn):
+    from portability import ledger
+
+    account = _account()
+    first = ledger.submit(conn, _request(account), requested_by="a")
+    _expire_lease(conn, first.export_id)
+    states = {first.dag_run_id: "running"}
+    second = ledger.submit(conn, _request(account), requested_by="b", run_state=states.get)
+    assert second.joined and second.export_id == first.export_id
+    # Without Airflow to ask, an export whose lease ran out is neither joined nor judged.
+    assert not ledger.submit(conn, _request(account, formats=["csv"]), requested_by="c").joined
+    assert ledger.export_record(conn, first.export_id)["state"] == "requested"
+
+    states[first.dag_run_id] = "failed"  # the run was failed by hand, or lost, before its tasks said anything
+    replacement = ledger.replace_dead(conn, first.request_id, states.get)
+    assert replacement["export_id"] != first.export_id
+    assert ledger.export_record(conn, first.export_id)["error"].startswith(
+        f"abandoned: its DAG run {first.dag_run_id} is failed")
+    assert str(ledger.request_status(conn, second.request_id)["export_id"]) == replacement["export_id"]
+    assert ledger.replace_dead(conn, first.request_id, states.get) is None  # the new one is alive (its lease)
+
+
+def test_the_deadline_watch_marks_dead_exports_failed(conn):
+    from portability import ledger
+
+    account = _account()
+    request_id, export_id, _ = ledger.start_in_process(conn, _request(account), requested_by="x",
+                                                       notify_email=None, lease=timedelta(seconds=30))
+    _expire_lease(conn, export_id)
+    assert export_id in ledger.reap_dead(conn, None)
+    assert ledger.request_status(conn, request_id)["state"] == "failed"
+    assert request_id in {str(r["request_id"]) for r in ledger.overdue_or_due(conn, timedelta(days=40))}
