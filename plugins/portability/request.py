@@ -60,7 +60,8 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
         raise RequestError(_describe(errors[0], schema))
 
     properties = schema["properties"]
-    merged = {name: conf.get(name, prop.get("default")) for name, prop in properties.items()}
+    # Omitted and null mean the same: the default (the trigger form sends null for a field left empty).
+    merged = {name: prop.get("default") if conf.get(name) is None else conf[name] for name, prop in properties.items()}
     return ExportRequest(
         account_id=merged["account_id"],
         # Canonical order, so equal requests give equal archives whatever order they were asked in.
@@ -129,7 +130,7 @@ def _hint(schema: dict, field: str) -> str:
     if "items" in prop and "enum" in prop["items"]:
         return "allowed: " + ", ".join(prop["items"]["enum"])
     if "enum" in prop:
-        return "allowed: " + ", ".join(prop["enum"])
+        return "allowed: " + ", ".join(value for value in prop["enum"] if value is not None)
     return prop.get("description", "")
 
 
@@ -147,18 +148,24 @@ def new_export_id() -> str:
 
 
 def dag_params(schemas: SchemaSet) -> dict:
-    """The account_export DAG's Params, one per property of the request schema."""
+    """The account_export DAG's Params: the request schema's properties as they are, one contract for the form,
+    the REST conf and `parse_request`. A property whose type allows null is optional in the trigger form."""
     from airflow.sdk import Param
 
     params = {}
     for name, prop in schemas.request["properties"].items():
         keywords = {k: v for k, v in prop.items() if k != "default"}
-        if prop.get("type") == "array" and "enum" in prop.get("items", {}):
+        if "array" in _types(prop) and "enum" in prop.get("items", {}):
             keywords["examples"] = prop["items"]["enum"]  # the trigger form renders a multi-select
         if "default" in prop:
             params[name] = Param(prop["default"], **keywords)
         elif name in schemas.request.get("required", []):
             params[name] = Param(**keywords)
-        else:  # optional without a default (who to notify): the form may leave it empty
-            params[name] = Param(None, **{**keywords, "type": ["null", keywords["type"]]})
+        else:
+            params[name] = Param(None, **keywords)
     return params
+
+
+def _types(prop: dict) -> list[str]:
+    kind = prop.get("type", [])
+    return kind if isinstance(kind, list) else [kind]

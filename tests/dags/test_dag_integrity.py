@@ -48,11 +48,31 @@ def test_params_are_the_request_schema(dagbag):
     for name, prop in schema["properties"].items():
         param = params.get_param(name)
         expected = {k: v for k, v in prop.items() if k not in ("default", "description")}
-        if "default" not in prop and name not in schema["required"]:
-            expected["type"] = ["null", prop["type"]]  # optional and empty in the form (who to notify)
         assert {k: param.schema.get(k) for k in expected} == expected, name
         assert param.description == prop["description"], name
         assert param.value == prop.get("default", param.value), name
+
+
+def test_the_trigger_forms_defaults_are_a_valid_request_and_only_the_account_is_required(dagbag):
+    from portability.request import parse_request
+    from portability.schemas import SchemaSet
+
+    params = dagbag.dags["account_export"].params
+    # Airflow's form marks a field required unless its type allows null, and sends null for one left empty.
+    required_in_form = [name for name in params if "null" not in _types(params.get_param(name).schema)]
+    assert required_in_form == ["account_id"]
+    form_conf = {**params.dump(), "account_id": "acme-00042"}
+    assert form_conf["notify_email"] is None and form_conf["webhook_url"] is None
+    request = parse_request(form_conf, SchemaSet())
+    assert request.formats == ("csv", "jsonl") and request.expires_in_hours == 72
+    assert request.notify_email is None and request.webhook_url is None
+    cleared = {name: None for name in params.dump()} | {"account_id": "acme-00042"}  # every optional field emptied
+    assert parse_request(cleared, SchemaSet()) == request
+
+
+def _types(schema: dict) -> list:
+    kind = schema.get("type", [])
+    return kind if isinstance(kind, list) else [kind]
 
 
 def test_one_task_group_per_category(dagbag):

@@ -100,7 +100,8 @@ def test_residency_the_eu_archive_is_only_in_the_eu_bucket(requested, store):
 
 
 def test_webhook_is_signed_and_retried(requested, webhook):
-    from portability.delivery import WEBHOOK_SIGNATURE_HEADER, verify_signature
+    from portability import ledger
+    from portability.delivery import NOTIFICATION_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, verify_signature
 
     calls = [c for c in webhook.calls if json.loads(c["body"])["export_id"] == requested["result"]["export_id"]]
     assert len(calls) >= 2  # the receiver answered 503 first: the notice was retried
@@ -109,6 +110,19 @@ def test_webhook_is_signed_and_retried(requested, webhook):
     assert notice["event"] == "export.ready" and notice["sha256"] == requested["result"]["sha256"]
     assert verify_signature(b"whsec-test-secret", last["headers"][WEBHOOK_SIGNATURE_HEADER], last["body"])
     assert not verify_signature(b"another-secret", last["headers"][WEBHOOK_SIGNATURE_HEADER], last["body"])
+    # Every attempt carries the same notification id, in the body and a header: the receiver drops repeats.
+    ids = {json.loads(c["body"])["notification_id"] for c in calls} | {c["headers"][NOTIFICATION_ID_HEADER]
+                                                                       for c in calls}
+    assert ids == {ledger.notification_id(requested["result"]["request_id"], "export.ready")}
+
+
+def test_the_email_carries_the_notifications_id(requested, mailbox):
+    from portability import ledger
+    from portability.delivery import NOTIFICATION_ID_HEADER
+
+    expected = ledger.notification_id(requested["result"]["request_id"], "export.ready")
+    [message] = mailbox.wait_for(lambda m: m[NOTIFICATION_ID_HEADER] == expected)
+    assert message["Message-ID"] == f"<{expected}@example.com>"
 
 
 def test_same_idempotency_key_twice_gives_one_export(requested, airflow_server, api):
