@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Options whose value may begin with '-' (an account id may): argparse would take "-x1" for an option.
-_VALUE_OPTIONS = ("--account",)
+_VALUE_OPTIONS = ("--account", "--prefix", "--requested-by", "--idempotency-key")
 
 
 def _join_option_values(argv: list[str]) -> list[str]:

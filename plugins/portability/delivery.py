@@ -52,6 +52,9 @@ def email_body(notice: dict) -> tuple[str, str]:
         f"<td align=right>{c['quarantined']:,}</td></tr>"
         for category, c in notice["counts"].items()
     )
+    from portability.export import archive_name
+
+    name = html.escape(archive_name(notice["account_id"], notice["export_id"]))
     subject = f"Your data export of account {notice['account_id']} is ready"
     body = f"""<p>Your data export of account <b>{html.escape(notice['account_id'])}</b> is ready
 (data as of {html.escape(notice['snapshot_at'])}).</p>
@@ -59,9 +62,9 @@ def email_body(notice: dict) -> tuple[str, str]:
 The link works until <b>{html.escape(notice['expires_at'])}</b>; after that, ask for a new one.</p>
 <p>SHA-256 of the archive: <code>{notice['sha256']}</code></p>
 <p>To check it is complete and intact:</p>
-<pre>sha256sum {html.escape(notice['account_id'])}-{notice['export_id']}.zip   # must print the SHA-256 above
-unzip {html.escape(notice['account_id'])}-{notice['export_id']}.zip
-cd {html.escape(notice['account_id'])}-{notice['export_id']} &amp;&amp; sha256sum -c manifest-sha256.txt</pre>
+<pre>sha256sum {name}.zip   # must print the SHA-256 above
+unzip {name}.zip
+cd {name} &amp;&amp; sha256sum -c manifest-sha256.txt</pre>
 <table><tr><th>category</th><th>exported</th><th>quarantined</th></tr>{rows}</table>
 <p>Export id: {notice['export_id']} &middot; request id: {notice['request_id']}</p>
 """

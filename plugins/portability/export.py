@@ -59,8 +59,17 @@ def _invalid_rows_key(export_id: str, category: str, piece: int) -> str:
     return f"staging/{export_id}/files/{category}/{piece:05d}.invalid.json"
 
 
+def archive_name(account_id: str, export_id: str) -> str:
+    """The archive's file name without `.zip`, and its top folder: `<account_id>-<export_id>`.
+
+    An account id may begin with '-': that name then begins with `export`, so that no command
+    the requester is told to run (`sha256sum`, `unzip`, `cd`) takes the file for an option.
+    """
+    return f"{'export' if account_id.startswith('-') else ''}{account_id}-{export_id}"
+
+
 def archive_key(export_id: str, account_id: str, key_secret: bytes) -> str:
-    return f"exports/{export_id}/{key_token(key_secret, export_id)}/{account_id}-{export_id}.zip"
+    return f"exports/{export_id}/{key_token(key_secret, export_id)}/{archive_name(account_id, export_id)}.zip"
 
 
 def _summary_key(key: str) -> str:
@@ -399,7 +408,8 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
         parts=parts,
     )
     archive = partial(packaging.write_archive, plan=plan, snapshot=snapshot, results=results, schemas=schemas,
-                      sources=sources, root=f"{account_id}-{export_id}", organization=config.organization_name(),
+                      sources=sources, root=archive_name(account_id, export_id),
+                      organization=config.organization_name(),
                       snapshot_at=datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00")))
     try:
         if parts:
