@@ -466,11 +466,14 @@ def portability_command() -> Path:
     return command
 
 
-def measure_export(account_id: str, categories: list[str] | None = None) -> tuple[dict, ChildRun, dict]:
+def measure_export(account_id: str, categories: list[str] | None = None,
+                   formats: str | None = None) -> tuple[dict, ChildRun, dict]:
     """The command's summary, its run, and the machine's CPU-seconds over the run by who used them."""
     argv = [str(portability_command()), "export", "--account", account_id, "--json"]
     if categories:
         argv += ["--categories", ",".join(categories)]
+    if formats:  # bench/verify_bench.py --formats
+        argv += ["--formats", formats]
     cpu = CpuSplit()
     run = run_child(argv, dict(os.environ))
     split = cpu.finish(run.cpu_s, run.wall_s, os.cpu_count() or 1)
