@@ -377,9 +377,10 @@ _VALUE_OPTIONS = ("--account", "--prefix", "--requested-by", "--idempotency-key"
 
 
 def _join_option_values(argv: list[str]) -> list[str]:
-    """`--account -x1` as `--account=-x1`, so that every valid account id is accepted as typed."""
-    joined: list[str] = []
-    args = iter(argv)
+    """`--account -x1` as `--account=-x1`, so that every valid account id is accepted as typed; `--dev-stores`
+    is taken wherever it is typed (`portability export --dev-stores …` too)."""
+    joined: list[str] = ["--dev-stores"] if "--dev-stores" in argv else []
+    args = iter(arg for arg in argv if arg != "--dev-stores")
     for arg in args:
         if arg in _VALUE_OPTIONS:
             value = next(args, None)
