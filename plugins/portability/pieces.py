@@ -18,7 +18,7 @@ import pyarrow.csv as pa_csv
 
 from portability.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.schemas import SchemaSet
-from portability.segments import PipelinedWriter, SegmentWriter
+from portability.segments import LARGE_CHUNK_BYTES, PipelinedWriter, SegmentWriter
 from portability.validation import BatchValidator, InvalidRecords
 
 TEXT_FORMATS = ("csv", "jsonl")
@@ -35,12 +35,35 @@ def csv_header(columns) -> bytes:
     return sink.getvalue()
 
 
-def _csv_rows(rendered: RenderedBatch) -> bytes:
-    sink = pa.BufferOutputStream()
+def _write_csv_rows(rendered: RenderedBatch, writer: PipelinedWriter) -> None:
+    """The batch's CSV rows, written to `writer` as one chunk (the same bytes however they are produced)."""
     # The whole batch in one pass (the writer's default is 1,024 rows a time, each growing the sink again).
     options = pa_csv.WriteOptions(include_header=False, batch_size=max(rendered.num_rows, 1), **_CSV_OPTIONS)
-    pa_csv.write_csv(csv_batch(rendered), sink, options)
-    return sink.getvalue()
+    pa_csv.write_csv(csv_batch(rendered), pa.PythonFile(_CsvSink(writer), mode="w"), options)
+
+
+class _CsvSink:
+    """Where Arrow's CSV writer puts a batch's text: its own buffer, which it reuses or frees once `write` returns.
+
+    A large chunk (a huge value) is deflated from that buffer before `write` returns, instead of
+    being copied into a stream first: one copy of the value's CSV text less at the peak. A usual
+    chunk is copied, as the stream did, and deflated on the writer's thread.
+    """
+
+    closed = False
+
+    def __init__(self, writer: PipelinedWriter):
+        self._writer = writer
+
+    def write(self, data) -> int:
+        if len(data) >= LARGE_CHUNK_BYTES:
+            self._writer.write_now(data)
+        else:
+            self._writer.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
@@ -84,7 +107,7 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
                 rendered = rendered.filter(verdict.valid)
             if rendered.num_rows:
                 if "csv" in writers:
-                    writers["csv"].write(_csv_rows(rendered))
+                    _write_csv_rows(rendered, writers["csv"])
                 if "jsonl" in writers:
                     writers["jsonl"].write(text_bytes(json_lines(rendered)))
             rows += batch.num_rows

@@ -100,15 +100,17 @@ def json_string(array: pa.Array) -> pa.Array:
     needs = pc.fill_null(pc.match_substring_regex(array, _NEEDS_ESCAPE), False)
     if pc.any(needs).as_py():
         escaped = pc.filter(array, needs)
-        escaped = pc.replace_substring(escaped, "\\", "\\\\")
-        escaped = pc.replace_substring(escaped, '"', '\\"')
-        for char, escape in _SHORT_ESCAPES.items():
-            escaped = pc.replace_substring(escaped, char, escape)
-        if pc.any(pc.match_substring_regex(escaped, r"[\x00-\x1f]")).as_py():
+        # Each replacement copies the strings: only those of characters they hold (a huge value costs one
+        # copy per replacement, and several such copies of it would be in memory at once).
+        for char, escape in (("\\", "\\\\"), ('"', '\\"'), *_SHORT_ESCAPES.items()):
+            if may_contain(escaped, chars=char.encode()):
+                escaped = pc.replace_substring(escaped, char, escape)
+        if may_contain(escaped, controls=True):
             for code in range(0x20):
-                if chr(code) not in _SHORT_ESCAPES:
+                if chr(code) not in _SHORT_ESCAPES and may_contain(escaped, chars=bytes([code])):
                     escaped = pc.replace_substring(escaped, chr(code), f"\\u{code:04x}")
         array = pc.replace_with_mask(array, needs, escaped)
+        del escaped
     return pc.binary_join_element_wise('"', array, '"', "")
 
 

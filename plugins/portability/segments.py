@@ -20,6 +20,8 @@ from isal import isal_zlib
 
 LEVEL = 2                  # ISA-L's level 2 is both faster and smaller than its level 1 on our text
 FINAL_BLOCK = b"\x03\x00"  # an empty, final, fixed-Huffman block: closes the concatenated stream
+INFLATE_BYTES = 1024 * 1024           # the most InflatingDigest inflates at once
+LARGE_CHUNK_BYTES = 16 * 1024 * 1024  # a chunk this big is deflated before PipelinedWriter.write returns
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,10 @@ class PipelinedWriter:
 
     ISA-L, CRC-32 and SHA-256 release the GIL, so one file's deflating and hashing run beside the
     Arrow work of the next batch and the other files' deflating. Bytes keep their order: each
-    writer has one thread. At most `depth` chunks wait, so memory stays bounded.
+    writer has one thread. At most `depth` chunks wait, so memory stays bounded. A chunk of
+    `LARGE_CHUNK_BYTES` or more (a batch holding a huge value) is deflated before `write` returns,
+    so that it is freed before the caller renders the next one: a huge value is then held in one
+    rendered form at a time, not in several at once.
     """
 
     def __init__(self, writer: SegmentWriter, depth: int = 1):
@@ -87,11 +92,23 @@ class PipelinedWriter:
                     self._writer.write(data)
                 except BaseException as exc:  # raised in the caller's thread at its next write or close
                     self._error = exc
+            data = None  # freed now, not when the next chunk comes
+            self._chunks.task_done()
 
     def write(self, data) -> None:
+        """Deflate `data` after what waits; a large chunk is done before this returns (see `write_now`)."""
+        if len(data) >= LARGE_CHUNK_BYTES:
+            self.write_now(data)
+            return
         self._raise_if_failed()
         if len(data):
             self._chunks.put(data)
+
+    def write_now(self, data) -> None:
+        """Deflate `data` in this thread, after what waits: once this returns the caller may free or reuse it."""
+        self._chunks.join()  # the thread is idle afterwards, waiting for the next chunk
+        self._raise_if_failed()
+        self._writer.write(data)
 
     def close(self) -> Segment:
         self.stop()
@@ -128,10 +145,15 @@ class InflatingDigest:
         self._crc = self._raw = 0
 
     def update(self, compressed: bytes) -> None:
-        data = self._inflater.decompress(compressed)
-        self._sha256.update(data)
-        self._crc = isal_zlib.crc32(data, self._crc)
-        self._raw += len(data)
+        # At most INFLATE_BYTES at a time: a megabyte of deflated text can stand for a gigabyte.
+        data = self._inflater.decompress(compressed, INFLATE_BYTES)
+        while True:
+            self._sha256.update(data)
+            self._crc = isal_zlib.crc32(data, self._crc)
+            self._raw += len(data)
+            if not self._inflater.unconsumed_tail:
+                return
+            data = self._inflater.decompress(self._inflater.unconsumed_tail, INFLATE_BYTES)
 
     def finish(self, expected: Segment) -> str:
         """The SHA-256 of the raw file, after checking it is exactly the bytes the pieces reported."""
