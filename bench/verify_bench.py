@@ -35,6 +35,7 @@ from pathlib import Path
 from export_bench import (
     BenchError,
     ChildRun,
+    CpuSplit,
     Measurement,
     ensure_account,
     last_json_object,
@@ -58,13 +59,16 @@ def download(url: str, target: Path) -> float:
     return time.perf_counter() - start
 
 
-def measure_verify(archive: Path) -> tuple[dict, ChildRun]:
+def measure_verify(archive: Path) -> tuple[dict, ChildRun, dict]:
+    """verify's report, its run, and the machine's CPU-seconds over the run ("export" is verify's own)."""
+    cpu = CpuSplit()
     run = run_child([str(portability_command()), "verify", str(archive), "--json"], dict(os.environ))
+    split = cpu.finish(run.cpu_s, run.wall_s, os.cpu_count() or 1)
     report = last_json_object(run.stdout)
     if run.returncode != 0 or report is None:
         raise BenchError(f"`portability verify` of the export's archive failed (exit {run.returncode}); "
                          f"its stderr ends with:\n{run.stderr_tail()}")
-    return report, run
+    return report, run, {("verify" if key == "export" else key): value for key, value in split.items()}
 
 
 def run_benchmark(args) -> dict:
@@ -91,8 +95,8 @@ def run_benchmark(args) -> dict:
             downloads.append(round(download(summary["url"], archive), 3))
             archive_bytes = archive.stat().st_size
             log.warning("run %d of %d: verify (%d bytes)", number + 1, args.repeat, archive_bytes)
-            report, run = measure_verify(archive)
-            verify.add_run(report["records_checked"], run.wall_s, run.peak_rss_mib)
+            report, run, split = measure_verify(archive)
+            verify.add_run(report["records_checked"], run.wall_s, run.peak_rss_mib, split)
             verify.details.setdefault("cpu_s_runs", []).append(round(run.cpu_s, 2))
             records_checked, judged = report["records_checked"], report.get("records_judged_by_jsonschema")
             archive.unlink()
@@ -129,9 +133,10 @@ def print_report(results: dict) -> None:
         runs = ", ".join(f"{w:.2f}" for w in m["walls_s"])
         print(f"{m['label']:<26} {m['wall_s']:>9.2f} {runs:>24} {m['peak_rss_mib']:>13.0f}")
     print(f"verify CPU-s (user + system) per run: {', '.join(str(c) for c in results['verify']['cpu_s_runs'])}")
-    split = results["export"].get("cpu_s")
-    if split:
-        print("machine CPU-s during the best export: " + ", ".join(f"{k} {v}" for k, v in split.items()))
+    for key in ("export", "verify"):
+        split = results[key].get("cpu_s")
+        if split:
+            print(f"machine CPU-s during the best {key}: " + ", ".join(f"{k} {v}" for k, v in split.items()))
     verdict = "PASS" if results["pass"] else "FAIL"
     print(f"(v)/(c) = {results['verify_over_export']:.2f}x, target <= {results['target']}x: {verdict}")
 

@@ -137,6 +137,8 @@ class _Zip:
             for chunk in self._raw_chunks(stream, info):
                 crc = _crc32(chunk, crc)
                 size += len(chunk)
+                if size > info.file_size:  # stop a deflate bomb early, not after inflating all of it
+                    raise _Damaged(f"it inflates to more than the {info.file_size} bytes its ZIP entry says")
                 for digest in digests:
                     digest.update(chunk)
                 yield chunk
@@ -467,7 +469,7 @@ def _check_block(block: bytes, first_line: int, lines: int, records: _Records, f
 
     try:
         decoded = records.decode_lines(block)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.MsgspecError, ValueError):  # ValueError: text that is not UTF-8
         decoded = None
     if decoded is not None and len(decoded) == lines:  # msgspec skips blank lines: they are judged one by one
         numbers = range(first_line, first_line + lines)
@@ -477,7 +479,7 @@ def _check_block(block: bytes, first_line: int, lines: int, records: _Records, f
         for number, text in enumerate(_split_lines(block), first_line):
             try:
                 record = decode_one(text)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.MsgspecError, ValueError):  # ValueError: text that is not UTF-8
                 record = []
             if len(record) == 1:
                 decoded.append(record[0])
@@ -643,7 +645,7 @@ def _all_json(text) -> bool:
             continue
         try:
             one_value(b"[" + value + b"]")
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.MsgspecError, ValueError):  # ValueError: text that is not UTF-8
             return False
     return True
 
@@ -729,8 +731,10 @@ def verify_archive(archive_path: Path) -> dict:
     try:
         manifest = json.loads(tag_bytes["manifest.json"])
         contents = manifest["contents"]
+        if not isinstance(contents, dict):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise VerificationError("manifest.json is not the export's manifest (no 'contents')") from None
+        raise VerificationError("manifest.json is not the export's manifest (no 'contents' object)") from None
 
     # What each payload file is for: a category's data file or its errors, with the category's schema.
     roles: dict[str, tuple[str, dict, str]] = {}  # path -> (category, manifest entry of the file, format)
