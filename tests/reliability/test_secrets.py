@@ -88,7 +88,8 @@ def test_a_failed_email_shows_neither_the_link_nor_the_smtp_password(monkeypatch
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": closed_port(), "login": "mailer", "password": SECRET,
         "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 1, "timeout": 5}}))
-    notice = {"request_id": str(uuid.uuid4()), "account_id": ACCOUNT, "url": LINK, "bytes": 1,
+    notice = {"notification_id": str(uuid.uuid4()), "request_id": str(uuid.uuid4()), "account_id": ACCOUNT,
+              "url": LINK, "bytes": 1,
               "expires_at": "2026-12-01T00:00:00Z", "sha256": "0" * 64, "export_id": str(uuid.uuid4()),
               "snapshot_at": "2026-11-24T00:00:00.000000Z",
               "counts": {"contacts": {"source_count": 1, "exported": 1, "quarantined": 0}}}

@@ -18,7 +18,8 @@ def _notice(account: str = "acme-00042") -> dict:
                "counts": {"contacts": {"source_count": 3, "exported": 2, "quarantined": 1}}}
     link = Link("https://s3.example/exports/x.zip?X-Amz-Signature=abc&X-Amz-Expires=60", "2026-11-27T06:11:02Z",
                 "exports-us", "exports/x.zip")
-    return ready_notice({"request_id": "3d1c6c1a-0c49-4c6f-8b7a-2f5d0c9e1a22"}, summary, link)
+    return ready_notice({"request_id": "3d1c6c1a-0c49-4c6f-8b7a-2f5d0c9e1a22",
+                         "notification_id": "9b2e4f6a-1c3d-5e7f-8a9b-0c1d2e3f4a5b"}, summary, link)
 
 
 def test_signature_is_hmac_sha256_over_timestamp_and_body():
