@@ -52,7 +52,7 @@ def email_body(notice: dict) -> tuple[str, str]:
         f"<td align=right>{c['quarantined']:,}</td></tr>"
         for category, c in notice["counts"].items()
     )
-    from portability.export import archive_name
+    from portability.keys import archive_name
 
     name = html.escape(archive_name(notice["account_id"], notice["export_id"]))
     subject = f"Your data export of account {notice['account_id']} is ready"

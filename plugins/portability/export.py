@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from portability import config
+from portability import config, keys
 from portability.mapping import Reference, check_references, load_mapping
 from portability.parts import ArchiveParts
 from portability.readahead import read_ahead
 from portability.records import render_timestamp
 from portability.request import RequestError, parse_request
 from portability.schemas import SchemaSet
-from portability.storage import ARCHIVE_PART_BYTES, AlreadyPublished, ObjectStore, StorageError, key_token
+from portability.storage import ARCHIVE_PART_BYTES, AlreadyPublished, ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +44,6 @@ class ExportError(RuntimeError):
 
 class AccountNotFound(ExportError):
     pass
-
-
-def _piece_key(export_id: str, category: str, piece: int) -> str:
-    return f"staging/{export_id}/snapshot/{category}/{piece:05d}.arrows"
-
-
-def _segment_key(export_id: str, category: str, piece: int, kind: str) -> str:
-    """A piece of one output file: kind is a text format or 'errors'."""
-    return f"staging/{export_id}/files/{category}/{piece:05d}.{kind}.deflate"
-
-
-def _invalid_rows_key(export_id: str, category: str, piece: int) -> str:
-    return f"staging/{export_id}/files/{category}/{piece:05d}.invalid.json"
-
-
-def archive_name(account_id: str, export_id: str) -> str:
-    """The archive's file name without `.zip`, and its top folder: `<account_id>-<export_id>`.
-
-    An account id may begin with '-': that name then begins with `export`, so that no command
-    the requester is told to run (`sha256sum`, `unzip`, `cd`) takes the file for an option.
-    """
-    return f"{'export' if account_id.startswith('-') else ''}{account_id}-{export_id}"
-
-
-def archive_key(export_id: str, account_id: str, key_secret: bytes) -> str:
-    return f"exports/{export_id}/{key_token(key_secret, export_id)}/{archive_name(account_id, export_id)}.zip"
-
-
-def _summary_key(key: str) -> str:
-    return key.rsplit("/", 1)[0] + "/summary.json"
 
 
 def plan(conf: dict, export_id: str) -> dict:
@@ -214,7 +184,7 @@ def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, ro
     sizes = []
     for piece, batches in cut_pieces(rows, plan["piece_rows"]):
         sizes.append(0)
-        key = _piece_key(plan["export_id"], category, piece)
+        key = keys.snapshot_piece(plan["export_id"], category, piece)
         with store.upload(bucket, key) as upload, pa.ipc.new_stream(upload, schema, options=options) as writer:
             for batch in batches:
                 writer.write_batch(batch)
@@ -317,9 +287,9 @@ def _write_piece(plan: dict, category: str, piece: int, batches, schemas: Schema
 
     return export_piece(
         plan, category, piece, batches, schemas, store=store, bucket=bucket,
-        open_sink=open_sink or (lambda kind: store.upload(bucket, _segment_key(plan["export_id"], category, piece,
+        open_sink=open_sink or (lambda kind: store.upload(bucket, keys.segment(plan["export_id"], category, piece,
                                                                                 kind))),
-        invalid_rows_key=_invalid_rows_key(plan["export_id"], category, piece), running=running,
+        invalid_rows_key=keys.invalid_rows(plan["export_id"], category, piece), running=running,
         references=references,
     )
 
@@ -336,7 +306,7 @@ def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, 
     from botocore.exceptions import ClientError
 
     try:
-        reader = pa.ipc.open_stream(store.open(bucket, _piece_key(export_id, category, piece)))
+        reader = pa.ipc.open_stream(store.open(bucket, keys.snapshot_piece(export_id, category, piece)))
     except ClientError as exc:
         raise ExportError(
             f"the staged snapshot of {category} for export {export_id} is gone (a failed run is cleaned up): "
@@ -391,7 +361,7 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
     storage = config.storage_settings()
     store = ObjectStore(storage)
     bucket, export_id, account_id = snapshot["bucket"], plan["export_id"], plan["account_id"]
-    key = archive_key(export_id, account_id, storage.key_secret)
+    key = keys.archive(export_id, account_id, storage.key_secret)
     if store.exists(bucket, key):
         log.info("export %s is already published; keeping it", export_id)
         if parts:
@@ -400,15 +370,15 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
 
     results = category_results(plan, snapshot, shard_results)
     sources = packaging.StagedSources(
-        open_segment=lambda category, piece, kind: store.open(bucket, _segment_key(export_id, category, piece, kind)),
+        open_segment=lambda category, piece, kind: store.open(bucket, keys.segment(export_id, category, piece, kind)),
         open_piece=lambda category, piece: _open_piece(store, bucket, export_id, category, piece,
                                                        snapshot["snapshot_at"]),
         invalid_rows=lambda category, piece: json.loads(
-            store.read_bytes(bucket, _invalid_rows_key(export_id, category, piece))),
+            store.read_bytes(bucket, keys.invalid_rows(export_id, category, piece))),
         parts=parts,
     )
     archive = partial(packaging.write_archive, plan=plan, snapshot=snapshot, results=results, schemas=schemas,
-                      sources=sources, root=archive_name(account_id, export_id),
+                      sources=sources, root=keys.archive_name(account_id, export_id),
                       organization=config.organization_name(),
                       snapshot_at=datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00")))
     try:
@@ -436,14 +406,14 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
         "counts": {r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")}
                    for r in described},
     }
-    store.put_bytes(bucket, _summary_key(key), json.dumps(summary, indent=2).encode(),
+    store.put_bytes(bucket, keys.summary(key), json.dumps(summary, indent=2).encode(),
                     content_type="application/json")
     return summary
 
 
 def _published_summary(store: ObjectStore, bucket: str, key: str) -> dict:
     try:
-        return json.loads(store.read_bytes(bucket, _summary_key(key)))
+        return json.loads(store.read_bytes(bucket, keys.summary(key)))
     except Exception as exc:
         # The other run is between its archive and its summary: retrying settles it.
         raise StorageError("the archive exists but its summary is not written yet; retry") from exc
@@ -453,7 +423,7 @@ def cleanup(plan: dict, snapshot: dict | None) -> int:
     """Delete the export's staging objects (personal data) once the archive is out, or the run failed."""
     store = ObjectStore(config.storage_settings())
     buckets = [snapshot["bucket"]] if snapshot else sorted(set(store.settings.buckets.values()))
-    return sum(store.delete_prefix(bucket, f"staging/{plan['export_id']}/") for bucket in buckets)
+    return sum(store.delete_prefix(bucket, keys.staging_prefix(plan['export_id'])) for bucket in buckets)
 
 
 @dataclass(frozen=True)
@@ -476,7 +446,7 @@ def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
     storage = config.storage_settings()
     store = ObjectStore(storage)
     for bucket in sorted(set(storage.buckets.values())):
-        for key in store.keys(bucket, f"exports/{export_id}/"):
+        for key in store.keys(bucket, keys.archive_prefix(export_id)):
             if key.endswith(".zip"):
                 return store, _published_summary(store, bucket, key)
     raise ExportError(f"no archive found for export {export_id}: it was never published, or it has expired")
@@ -503,7 +473,7 @@ def run_export(conf: dict, export_id: str) -> dict:
     try:
         store = ObjectStore(config.storage_settings())
         if "parquet" not in current["formats"]:
-            key = archive_key(export_id, current["account_id"], store.settings.key_secret)
+            key = keys.archive(export_id, current["account_id"], store.settings.key_secret)
             parts = ArchiveParts(store, key)
             try:
                 snapshot, shard_results = export_from_source(current, store, parts)

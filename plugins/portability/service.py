@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from portability import config, export, ledger
+from portability import config, export, keys, ledger
 from portability.request import RequestError, export_id_for_run, parse_request
 from portability.schemas import SchemaSet
 
@@ -326,7 +326,7 @@ def _delete_archive(record: dict) -> int:
     if not record["bucket"] or not record["archive_key"]:
         return 0
     store = ObjectStore(config.storage_settings())
-    return store.delete_prefix(record["bucket"], f"exports/{record['export_id']}/")
+    return store.delete_prefix(record["bucket"], keys.archive_prefix(str(record["export_id"])))
 
 
 def apply_lifecycle_rules() -> dict:
@@ -338,7 +338,7 @@ def apply_lifecycle_rules() -> dict:
     days = config.retention().days + 1  # the DAG deletes on time; the rule catches what it missed
     applied = {}
     for bucket in sorted(set(settings.buckets.values())):
-        applied[bucket] = store.set_expiry_rules(bucket, {"exports/": days, "staging/": 2})
+        applied[bucket] = store.set_expiry_rules(bucket, {keys.ARCHIVES: days, keys.STAGING: 2})
     return applied
 
 

@@ -39,10 +39,10 @@ def test_the_library_refuses_an_export_id_that_is_not_a_uuid_before_any_read(sto
 @pytest.mark.parametrize("run_id", ["../../exports/x", "manual__2026-01-01T00:00:00+00:00/../..", "a" * 250,
                                     "run\nid", "\u202e../"])
 def test_a_dag_run_id_never_reaches_a_key_only_its_uuid5_does(run_id, tally):
-    from portability import export
+    from portability import keys
     from portability.request import export_id_for_run
 
     export_id = export_id_for_run("account_export", run_id)
     assert UUID.fullmatch(export_id)
-    assert export.archive_key(export_id, "e2e-00001", b"k").startswith(f"exports/{export_id}/")
+    assert keys.archive(export_id, "e2e-00001", b"k").startswith(f"exports/{export_id}/")
     tally["hostile inputs tried"] += 1
