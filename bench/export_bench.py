@@ -44,7 +44,7 @@ MAX_COPY_RATIO = 2.5       # (c) wall / (a') wall
 MAX_EXPORT_RSS_MIB = 512   # peak RSS of (c)
 MIN_SPEEDUP_OVER_NAIVE = 30  # (c) contacts/s / (b) rows/s
 
-SEED_LOCK = "hashtext('portability.seed')"  # the advisory lock key seed() takes
+SEED_LOCK = "hashtext('portability_dev.seed')"  # the advisory lock key seed() takes
 NAIVE_CONNINFO_ENV = "PORTABILITY_BENCH_CONNINFO"  # the worker gets the conninfo here, not in argv (ps shows argv)
 RSS_SAMPLE_SECONDS = 0.1
 STDERR_TAIL_CHARS = 3000
@@ -290,7 +290,7 @@ def use_embedded_defaults() -> None:
     """As the `portability` command does: with nothing configured, start (or reuse) the embedded stores."""
     if os.environ.get("AIRFLOW_CONN_PORTABILITY_SOURCE") or os.environ.get("AIRFLOW_CONN_PORTABILITY_S3"):
         return
-    from portability import local
+    from portability_dev import local
 
     log.info("no stores configured: starting (or reusing) the embedded stores under %s", local.state_dir())
     local.apply(local.start_stores())
@@ -306,7 +306,7 @@ def ensure_account(conninfo: str, contacts: int) -> str:
     """The benchmark account with exactly `contacts` contacts: reused if it exists, seeded otherwise."""
     import psycopg
 
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     options = SeedOptions(accounts=1, contacts=contacts, prefix=f"bench{contacts}")
     account_id = options.account_ids()[0]

@@ -42,7 +42,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def store_env(tmp_path_factory):
     """Start a real PostgreSQL and SeaweedFS for this session and point this process at them."""
-    from portability import embedded, local
+    from portability_dev import embedded, local
 
     state = tmp_path_factory.mktemp("state")
     endpoints = embedded.start(state / "stores")
@@ -70,7 +70,7 @@ def seeded(source_dsn) -> dict:
     """Three good accounts (both regions, colliding values across them) and one with a planted bad record."""
     import psycopg
 
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(source_dsn) as conn:
         good = seed(conn, SeedOptions(accounts=3, contacts=300, prefix="e2e"))
@@ -113,7 +113,7 @@ def portability_cli(*args: str, env: dict | None = None, check: bool = True) -> 
 @pytest.fixture(scope="session")
 def airflow_db(store_env):
     """Airflow's metadata database in the embedded PostgreSQL, migrated once per session."""
-    from portability import local
+    from portability_dev import local
 
     result = local.airflow(["db", "migrate"], store_env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -127,7 +127,7 @@ _session_start = datetime.now(UTC).replace(microsecond=0)
 @pytest.fixture
 def run_dag(airflow_db):
     """Run account_export through `airflow dags test`; returns (run_id, state, task states, output)."""
-    from portability import local
+    from portability_dev import local
 
     def run(conf: dict) -> dict:
         # After the DAG's start_date, or Airflow creates the run without any task instance.

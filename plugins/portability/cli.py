@@ -41,8 +41,7 @@ def _csv_list(value: str) -> list[str]:
 def cmd_seed(args) -> int:
     import psycopg
 
-    from portability.seed import SeedOptions, seed
-
+    SeedOptions, seed = _dev_tooling("seed").SeedOptions, _dev_tooling("seed").seed
     options = SeedOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SeedOptions)})
     with psycopg.connect(config.source_settings().conninfo) as conn:
         accounts = seed(conn, options)
@@ -244,8 +243,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_stores(args) -> int:
-    from portability import embedded, local
-
+    embedded, local = _dev_tooling("embedded"), _dev_tooling("local")
     state = local.state_dir()
     if args.action == "start":
         env = local.start_stores(state)
@@ -270,14 +268,29 @@ def _shell_quote(value: str) -> str:
 
 
 def cmd_demo(args) -> int:
-    from portability import demo
+    return _dev_tooling("demo").run(account=args.account)
 
-    return demo.run(account=args.account)
+
+def _dev_tooling(module: str):
+    """A module of the development tooling (`dev/portability_dev`), which a deployment does not install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"portability_dev.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("portability_dev", f"portability_dev.{module}"):
+            raise
+        raise config.ConfigurationError(
+            "the development tooling (embedded stores, seeding, the demo) is not installed here: it is for a "
+            "developer's checkout (scripts/setup installs it), never a deployment") from None
 
 
 def _add_seed_options(parser: argparse.ArgumentParser) -> None:
     """One option per field of SeedOptions, with its default: sizes are per account."""
-    from portability.seed import SeedOptions
+    try:
+        SeedOptions = _dev_tooling("seed").SeedOptions  # noqa: N806 (a class)
+    except config.ConfigurationError:
+        return  # not a developer's checkout: `portability seed` says so when it runs
 
     helps = {"accounts": "accounts to create", "prefix": "account ids are PREFIX-00001, ...",
              "seed": "another number gives other (still deterministic) data",
@@ -395,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dev_stores:
         # Asked for explicitly: the development stores replace whatever this shell has configured,
         # before Airflow is imported and reads its settings.
-        from portability import local
-
+        try:
+            local = _dev_tooling("local")
+        except config.ConfigurationError as exc:
+            print(f"portability: --dev-stores: {exc}", file=sys.stderr)
+            return 2
         local.apply(local.start_stores())
     # numpy's OpenBLAS otherwise starts a thread per core that spins for work this command never gives it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

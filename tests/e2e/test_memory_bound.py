@@ -49,7 +49,7 @@ def _export_peak() -> tuple[int, dict]:
 def account(source_dsn):
     import psycopg
 
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(source_dsn) as conn:
         assert seed(conn, SeedOptions(accounts=1, contacts=200, prefix="membound")) == [ACCOUNT]

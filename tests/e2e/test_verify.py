@@ -31,7 +31,7 @@ def archive(seeded, source_dsn, tmp_path_factory):
     """An export of 50,000 contacts in every format, downloaded through its link."""
     import urllib.request
 
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(source_dsn) as conn:
         if not conn.execute("SELECT 1 FROM accounts WHERE id = %s", (ACCOUNT,)).fetchone():

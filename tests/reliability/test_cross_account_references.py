@@ -38,7 +38,7 @@ def planted(store_env):
     import psycopg
 
     from portability import config
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(config.source_settings().conninfo) as db:
         seed(db, SeedOptions(accounts=2, contacts=30, prefix="xref", large_html_bytes=0))

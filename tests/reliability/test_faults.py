@@ -146,7 +146,7 @@ def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_ar
 
 
 def _seed_one(db, prefix: str, contacts: int) -> str:
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     [account] = seed(db, SeedOptions(accounts=1, contacts=contacts, prefix=prefix, large_html_bytes=0))
     db.commit()

@@ -18,7 +18,7 @@ def scheduled_accounts(airflow_server, source_dsn):
     import psycopg
 
     from portability import service
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(source_dsn) as conn:
         accounts = seed(conn, SeedOptions(accounts=ACCOUNTS, contacts=3, lists=1, templates=1, campaigns=1,

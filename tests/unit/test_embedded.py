@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from portability import embedded
-from portability.embedded import StoreEndpoints
+from portability_dev import embedded
+from portability_dev.embedded import StoreEndpoints
 
 
 def _weed_installed() -> bool:

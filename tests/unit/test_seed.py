@@ -1,4 +1,4 @@
-"""Tests for the synthetic source seeder (portability.seed).
+"""Tests for the synthetic source seeder (portability_dev.seed).
 
 They run against the session's embedded PostgreSQL and create and drop their own scratch
 databases there.
@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from portability import seed as seeder
+from portability_dev import seed as seeder
 
 OPTIONS = seeder.SeedOptions(contacts=120, large_html_bytes=200_000)
 ACCOUNT_IDS = ["acct-00001", "acct-00002", "acct-00003"]

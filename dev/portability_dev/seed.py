@@ -324,7 +324,7 @@ def seed(conn, options: SeedOptions) -> list[str]:
     try:
         create_schema(conn)
         # Serialise concurrent seeders: both would otherwise allocate ids from the same max(id).
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability.seed'))")
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability_dev.seed'))")
         _refuse_existing(conn, account_ids)
         ids = _IdAllocator(conn)
         for n, account_id in enumerate(account_ids, start=1):

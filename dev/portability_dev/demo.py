@@ -14,7 +14,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 
-from portability import local
+from portability_dev import local
 
 DAG_ID = "account_export"
 
@@ -82,7 +82,7 @@ def _seed_demo_accounts(account: str) -> None:
     import psycopg
 
     from portability import config
-    from portability.seed import SeedOptions, seed
+    from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(config.source_settings().conninfo) as conn:
         seeded = conn.execute("SELECT to_regclass('accounts') IS NOT NULL").fetchone()[0] and conn.execute(

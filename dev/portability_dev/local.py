@@ -35,7 +35,7 @@ def airflow_env(store_env: dict[str, str], state: Path) -> dict[str, str]:
 
 def start_stores(state: Path | None = None) -> dict[str, str]:
     """Start (or reuse) the embedded stores; returns the environment that points at them."""
-    from portability import embedded
+    from portability_dev import embedded
 
     state = state or state_dir()
     endpoints = embedded.start(state / "stores")
