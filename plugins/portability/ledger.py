@@ -11,15 +11,20 @@ Two tables in the database of connection `portability_state`:
 The view `export_request_status` shows a request with its export's fields in one row; the
 privacy team's deadline query is `overdue_or_due()`. The ledger never holds a link: links are
 minted when they are handed to a requester.
+
+The schema is versioned with Alembic (`portability/ledger_migrations/`, version table
+`portability_ledger_version`): `connect()` upgrades the ledger to the head on a process's first use.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from portability.request import export_id_for_run
 
@@ -27,95 +32,16 @@ ACTIVE = ("requested", "running")
 STATES = ("requested", "running", "ready", "delivered", "expired", "failed", "cancelled")
 DAG_ID = "account_export"
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS exports (
-    export_id     uuid PRIMARY KEY,
-    account_id    text NOT NULL,
-    categories    text[] NOT NULL,
-    formats       text[] NOT NULL,
-    on_invalid    text NOT NULL,
-    state         text NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in STATES)})),
-    dag_run_id    text UNIQUE,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    started_at    timestamptz,
-    ready_at      timestamptz,
-    failed_at     timestamptz,
-    expired_at    timestamptz,
-    retain_until  timestamptz,
-    region        text,
-    bucket        text,
-    archive_key   text,
-    bytes         bigint,
-    sha256        text,
-    snapshot_at   text,
-    counts        jsonb,
-    error         text,
-    expiry_reason text
-);
-CREATE INDEX IF NOT EXISTS exports_account_state ON exports (account_id, state);
-CREATE TABLE IF NOT EXISTS export_requests (
-    request_id         uuid PRIMARY KEY,
-    export_id          uuid NOT NULL REFERENCES exports,
-    idempotency_key    text UNIQUE,
-    account_id         text NOT NULL,
-    requested_by       text NOT NULL,
-    notify_email       text,
-    webhook_url        text,
-    categories         text[] NOT NULL,
-    formats            text[] NOT NULL,
-    expires_in_hours   integer NOT NULL,
-    on_invalid         text NOT NULL,
-    state              text NOT NULL CHECK (state IN ({", ".join(f"'{s}'" for s in STATES)})),
-    requested_at       timestamptz NOT NULL DEFAULT now(),
-    deadline_at        timestamptz NOT NULL,
-    delivered_at       timestamptz,
-    cancelled_at       timestamptz,
-    link_expires_at    timestamptz,
-    notification_error text,
-    deadline_alerted_at timestamptz
-);
-ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS cancelled_at timestamptz;  -- added after the first release
-ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS deadline_alerted_at timestamptz;  -- added later still
-CREATE INDEX IF NOT EXISTS export_requests_export ON export_requests (export_id);
-CREATE INDEX IF NOT EXISTS export_requests_open_deadline ON export_requests (deadline_at)
-    WHERE state IN ('requested', 'running', 'ready', 'failed');
-CREATE TABLE IF NOT EXISTS export_schedules (
-    account_id       text PRIMARY KEY,
-    every_days       integer NOT NULL CHECK (every_days BETWEEN 1 AND 366),
-    categories       text[] NOT NULL,
-    formats          text[] NOT NULL,
-    expires_in_hours integer NOT NULL,
-    on_invalid       text NOT NULL,
-    notify_email     text,
-    next_due_at      timestamptz NOT NULL,
-    last_run_at      timestamptz,
-    last_export_id   uuid,
-    last_error       text,
-    created_at       timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS export_schedules_due ON export_schedules (next_due_at);
-ALTER TABLE exports ADD COLUMN IF NOT EXISTS lease_until timestamptz;  -- an export under way proves it is alive
-CREATE TABLE IF NOT EXISTS notifications (
-    notification_id uuid PRIMARY KEY,
-    request_id      uuid NOT NULL REFERENCES export_requests,
-    event           text NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    claimed_until   timestamptz,
-    attempts        integer NOT NULL DEFAULT 0,
-    sent_at         timestamptz,
-    last_error      text,
-    UNIQUE (request_id, event)
-);
-CREATE OR REPLACE VIEW export_request_status AS
-    SELECT r.request_id, r.export_id, r.idempotency_key, r.account_id, r.requested_by, r.notify_email,
-           r.categories, r.formats, r.state, r.requested_at, r.deadline_at, r.delivered_at, r.link_expires_at,
-           r.cancelled_at, r.notification_error, e.started_at, e.ready_at, e.failed_at, e.expired_at, e.retain_until,
-           e.dag_run_id, e.region, e.bucket, e.archive_key, e.bytes, e.sha256, e.counts, e.error, e.expiry_reason
-    FROM export_requests r JOIN exports e USING (export_id);
-"""
+# The schema is versioned with Alembic: the migrations are in ledger_migrations/ (shipped with the package), the
+# version is kept in the ledger's own database, in a table of its own name (a shared database may hold another
+# application's `alembic_version`, Airflow's for one).
+MIGRATIONS = Path(__file__).with_name("ledger_migrations")
+VERSION_TABLE = "portability_ledger_version"
+SCHEMA_HEAD = "0001"  # the newest revision in ledger_migrations/versions (tests/e2e/test_ledger_migrations.py checks)
+SCHEMA_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))"
 
-
-_SCHEMA_READY: set[str] = set()
+_UPGRADING = threading.Lock()
+_SCHEMA_READY: set[str] = set()  # the conninfos whose ledger this process found (or brought) at SCHEMA_HEAD
 
 
 class LedgerError(RuntimeError):
@@ -143,7 +69,7 @@ LEASE_GRACE = timedelta(minutes=10)  # a DAG run just triggered or between tasks
 
 @contextmanager
 def connect() -> Iterator:
-    """A connection to the ledger's database, its tables created if missing."""
+    """A connection to the ledger's database, its schema upgraded to the newest revision if it is not there yet."""
     from psycopg.rows import dict_row
 
     from portability import config
@@ -152,12 +78,66 @@ def connect() -> Iterator:
     # Autocommit: each step's writes are one explicit transaction, so nothing stays locked between steps
     # (a delivery sending a slow webhook holds no row of the ledger).
     with config.connect_postgres(config.STATE_CONN_ID, conninfo, row_factory=dict_row, autocommit=True) as conn:
-        if conninfo not in _SCHEMA_READY:  # once per process: the view's replacement takes a strong lock
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))")
-                conn.execute(_SCHEMA)
-            _SCHEMA_READY.add(conninfo)
+        if conninfo not in _SCHEMA_READY:  # once per process: a ledger at the head costs two small queries
+            with _UPGRADING:  # Alembic's `op` and `context` are process-wide: one upgrade at a time per process
+                if conninfo not in _SCHEMA_READY and schema_version(conn) != SCHEMA_HEAD:
+                    upgrade(conninfo)
+                _SCHEMA_READY.add(conninfo)
         yield conn
+
+
+def schema_version(conn) -> str | None:
+    """The ledger's Alembic revision; None when it has no version table (an empty database, or a ledger made by
+    the code before Alembic, which the first revision adopts as it is)."""
+    from psycopg.rows import tuple_row
+
+    with conn.cursor(row_factory=tuple_row) as cur:
+        if cur.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()[0] is None:
+            return None
+        versions = [row[0] for row in cur.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()]
+    return versions[0] if len(versions) == 1 else ",".join(sorted(versions)) or None
+
+
+def alembic_config(conninfo: str | None = None):
+    """Alembic's configuration for the ledger, without an alembic.ini (`alembic.command.*` take it)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    cfg.attributes["conninfo"] = conninfo
+    return cfg
+
+
+def ledger_engine(conninfo: str | None = None):
+    """A SQLAlchemy engine on the ledger's database through the same conninfo as `connect()` (psycopg 3)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from portability import config
+
+    conninfo = conninfo or config.state_settings().conninfo
+    return create_engine("postgresql+psycopg://", poolclass=NullPool,
+                         creator=lambda: config.connect_postgres(config.STATE_CONN_ID, conninfo))
+
+
+def upgrade(conninfo: str | None = None, revision: str = "head") -> None:
+    """`alembic upgrade head` on the ledger, in one transaction holding the schema lock: concurrent callers wait
+    for the first, then find nothing to do. A ledger made before Alembic is adopted by the first revision."""
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    cfg = alembic_config(conninfo)
+    engine = ledger_engine(conninfo)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql(SCHEMA_LOCK_SQL)
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    except CommandError as exc:  # a revision this code does not know: the ledger is newer than the code
+        raise LedgerError(f"cannot upgrade the ledger's schema to {revision} ({exc}): is the ledger at a revision "
+                          f"of a newer release? See table {VERSION_TABLE}") from None
+    finally:
+        engine.dispose()
 
 
 def _lock_account(conn, account_id: str) -> None:
