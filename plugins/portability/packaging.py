@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from portability.parts import ArchiveParts
 from portability.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
 from portability.schemas import SchemaSet, arrow_schema, table_schema
 from portability.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
+from portability.zipwriter import ZipWriter
 
 FORMAT_VERSION = "1.0"
 PARQUET_ROW_GROUP_ROWS = 128 * 1024
@@ -162,13 +162,8 @@ def tag_files(plan: dict, snapshot: dict, results: list[dict], payload: list[Pay
 def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet,
                   sources: StagedSources, root: str, snapshot_at: datetime, organization: str) -> list[dict]:
     """Stream the whole bag into a ZIP (ZIP64 where needed); returns the results with each file's checksum."""
-    stamp = snapshot_at.timetuple()[:6]
-
-    def entry(path: str, compressed: bool) -> zipfile.ZipInfo:
-        info = zipfile.ZipInfo(f"{root}/{path}", date_time=stamp)
-        info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
-        info.external_attr = 0o644 << 16
-        return info
+    def entry(path: str) -> str:
+        return f"{root}/{path}"
 
     def segments(category: str, pieces: list[dict], kind: str) -> list[tuple[Segment, Callable]]:
         return [(Segment(**(p["errors"] if kind == "errors" else p["files"][kind])),
@@ -176,15 +171,15 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
 
     def write_text(path: str, category: str, kind: str, parts: list[tuple[Segment, Callable]]) -> int:
         if sources.parts is None:
-            return _write_segments(archive, entry(path, True), parts)
-        return _write_sent_file(archive, entry(path, True), [segment for segment, _ in parts], sources.parts,
+            return _write_segments(archive, entry(path), parts)
+        return _write_sent_file(archive, entry(path), [segment for segment, _ in parts], sources.parts,
                                 category, kind)
 
     described, payload = [], []
     # The SHA-256 of a text file needs its raw bytes. Unless the export hashed them in order as it
     # wrote them, hashers read and inflate the staged pieces again, on the other cores, while this
     # thread copies the compressed bytes into the ZIP.
-    with zipfile.ZipFile(sink, "w", allowZip64=True) as archive, \
+    with ZipWriter(sink, date_time=snapshot_at.timetuple()[:6], mode=0o644) as archive, \
             ThreadPoolExecutor(_HASHERS, thread_name_prefix="digest") as hashers:
         for result in results:
             category, pieces = result["category"], result["pieces"]
@@ -196,7 +191,7 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                     sha256 = result["sha256"].get(fmt) or hashers.submit(_digest, parts)
                     size = write_text(path, category, fmt, parts)
                 else:
-                    size, sha256 = _write_parquet(archive, entry(path, False), schemas, category, pieces, sources)
+                    size, sha256 = _write_parquet(archive, entry(path), schemas, category, pieces, sources)
                 files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
             errors = None
             with_errors = [p for p in pieces if p["errors"]]
@@ -217,61 +212,53 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
                     for r in described if r["errors"]]
         describing = describing_files(plan, snapshot, described, schemas)
         for file in describing:
-            archive.writestr(entry(file.path, True), file.content)
+            archive.write_bytes(entry(file.path), file.content)
         for name, data in tag_files(plan, snapshot, described, [*describing, *payload], organization):
-            archive.writestr(entry(name, True), data)
+            archive.write_bytes(entry(name), data)
     return described
 
 
-def _write_segments(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list) -> int:
+def _write_segments(archive: ZipWriter, name: str, segments: list) -> int:
     """One deflated entry made of pre-compressed segments, copied as they are; returns the raw size."""
-    def copy() -> None:
+    def copy(sink) -> None:
         for segment, open_segment in segments:
-            _copy(open_segment(), archive.fp, segment.deflated_bytes, f"a staged piece of {info.filename}")
+            _copy(open_segment(), sink, segment.deflated_bytes, f"a staged piece of {name}")
 
-    return _write_deflated(archive, info, combine([segment for segment, _ in segments]), copy)
+    return _write_deflated(archive, name, combine([segment for segment, _ in segments]), copy)
 
 
-def _write_sent_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, segments: list[Segment], parts: ArchiveParts,
+def _write_sent_file(archive: ZipWriter, name: str, segments: list[Segment], parts: ArchiveParts,
                      category: str, kind: str) -> int:
     """One deflated entry whose middle is already in the archive's parts: its head, a skip, its tail."""
     layout = parts.layout(category, kind)
     total = combine(segments)
 
-    def copy() -> None:
+    def copy(sink) -> None:
         if layout.total != total.deflated_bytes - len(FINAL_BLOCK):
-            raise ValueError(f"{info.filename}: its parts hold {layout.total} bytes, not the "
+            raise ValueError(f"{name}: its parts hold {layout.total} bytes, not the "
                              f"{total.deflated_bytes - len(FINAL_BLOCK)} its pieces wrote; rerun the export")
         def kept(end: str, size: int) -> None:
-            _copy(parts.open_kept(category, kind, end), archive.fp, size, f"the kept {end} of {info.filename}")
+            _copy(parts.open_kept(category, kind, end), sink, size, f"the kept {end} of {name}")
 
         kept("head", layout.head_bytes)
-        archive.fp.skip(layout.middles)
+        sink.skip(layout.middles)  # the sink is the archive's PartRouter
         if layout.middles or layout.tail_bytes:
             kept("tail", layout.tail_bytes)
 
-    return _write_deflated(archive, info, total, copy)
+    return _write_deflated(archive, name, total, copy)
 
 
-def _write_deflated(archive: zipfile.ZipFile, info: zipfile.ZipInfo, total: Segment, copy: Callable[[], None]) -> int:
-    """A deflated entry whose compressed bytes `copy` writes; returns the raw size.
+def _write_deflated(archive: ZipWriter, name: str, total: Segment, copy: Callable[[object], None]) -> int:
+    """A deflated entry whose compressed bytes `copy(sink)` writes, then the final block; returns the raw size.
 
-    zipfile cannot take compressed data, so the entry is written the way zipfile writes one
-    (its header and central-directory record come from zipfile itself) with the sizes and CRC
-    known up front from the pieces.
+    The sizes and CRC are known up front from the pieces, so they go into the local header.
     """
-    info.CRC, info.file_size, info.compress_size = total.crc32, total.raw_bytes, total.deflated_bytes
-    info.flag_bits = 0  # sizes and CRC are in the local header: no data descriptor
-    zip64 = total.raw_bytes > zipfile.ZIP64_LIMIT or total.deflated_bytes > zipfile.ZIP64_LIMIT
-    info.header_offset = archive.fp.tell()
-    archive._writecheck(info)
-    archive._didModify = True
-    archive.fp.write(info.FileHeader(zip64))
-    copy()
-    archive.fp.write(FINAL_BLOCK)
-    archive.filelist.append(info)
-    archive.NameToInfo[info.filename] = info
-    archive.start_dir = archive.fp.tell()
+    def entry_data(sink) -> None:
+        copy(sink)
+        sink.write(FINAL_BLOCK)
+
+    archive.write_deflated(name, crc32=total.crc32, raw_bytes=total.raw_bytes, deflated_bytes=total.deflated_bytes,
+                           copy=entry_data)
     return total.raw_bytes
 
 
@@ -315,7 +302,7 @@ class _Counting:
         return self._sha256.hexdigest()
 
 
-def _write_parquet(archive: zipfile.ZipFile, info: zipfile.ZipInfo, schemas: SchemaSet, category: str,
+def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: str,
                    pieces: list[dict], sources: StagedSources) -> tuple[int, str]:
     """The category's valid rows as one Parquet file with row groups of a fixed size; returns (bytes, sha256)."""
     import pyarrow as pa
@@ -324,7 +311,7 @@ def _write_parquet(archive: zipfile.ZipFile, info: zipfile.ZipInfo, schemas: Sch
     from portability.rendering import unwrapped
 
     schema = arrow_schema(schemas.columns(category), staged=False)
-    with archive.open(info, "w", force_zip64=True) as target:
+    with archive.open_stored(name) as target:
         counting = _Counting(target)
         writer = pq.ParquetWriter(pa.PythonFile(counting, mode="w"), schema, compression="zstd",
                                   write_statistics=True, store_schema=True)

@@ -103,7 +103,9 @@ class SourceSnapshot:
                     statement.execute_update()
                 statement.set_sql_query(query)
                 stream, _ = statement.execute_query()
-                with pa.RecordBatchReader._import_from_c(stream.address) as batches:
+                # The handle implements the Arrow PyCapsule stream protocol: the reader takes the
+                # stream over and pulls batches from the driver one at a time.
+                with pa.RecordBatchReader.from_stream(stream) as batches:
                     yield _Shaped(batches, mapping, columns)
             conn.rollback()
 
