@@ -422,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Importing Airflow sends logging to stdout; stdout is for the command's output (a link, JSON).
         import airflow.sdk  # noqa: F401
+        from airflow.sdk.log import configure_logging
 
+        # Airflow's structured logs (its hooks' INFO lines, e.g. where S3Hook found credentials) go to stderr too.
+        configure_logging(output=sys.stderr, log_level="INFO" if args.verbose else "WARNING")
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Looking up a connection in the metadata database loads Airflow's models, which warn that values

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 SOURCE_CONN_ID = "portability_source"
 STORAGE_CONN_ID = "portability_s3"
@@ -58,12 +59,13 @@ class SourceSettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    endpoint_url: str | None
-    region_name: str
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
+    """What is ours about the object storage: the buckets and the key secret. Everything about reaching it
+    (endpoint, region, credentials, role, profile, botocore config) is the connection's, read by Airflow's
+    S3Hook (`storage.make_client`)."""
+
     key_secret: bytes = field(default=b"", repr=False)  # HMAC key for unguessable object keys
     buckets: dict[str, str] = field(default_factory=dict)
+    connection: Any = field(default=None, repr=False, compare=False)  # the Airflow connection portability_s3
 
     def bucket_for(self, region: str) -> str:
         """The bucket that holds a region's archives; never falls back to another region."""
@@ -124,18 +126,43 @@ def state_settings() -> SourceSettings:
 
 
 def _postgres_settings(conn_id: str) -> SourceSettings:
+    """A libpq conninfo (for psycopg and the ADBC driver) with what Airflow's PostgresHook would connect with."""
+    import psycopg
     from psycopg.conninfo import make_conninfo
 
-    conn = connection(conn_id)
-    params = {
-        "host": conn.host or "localhost",
-        "port": conn.port or 5432,
-        "dbname": conn.schema or "postgres",
-        "user": conn.login,
-        "password": conn.password,
-    }
-    params.update({k: v for k, v in conn.extra_dejson.items() if k in {"sslmode", "sslrootcert", "options"}})
-    return SourceSettings(make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")}))
+    params = postgres_connect_kwargs(connection(conn_id))
+    for name, default in (("host", "localhost"), ("port", 5432), ("dbname", "postgres")):
+        if params.get(name) in (None, ""):
+            params[name] = default
+    try:
+        return SourceSettings(make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")}))
+    except psycopg.ProgrammingError as exc:  # libpq names the option, never a value
+        raise ConfigurationError(f"Airflow connection {conn_id!r} has an extra libpq does not take: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def postgres_connect_kwargs(conn) -> dict:
+    """The keyword arguments Airflow's PostgresHook.get_conn would connect with, from its own code: host, port,
+    dbname, user and password, then every extra except those it keeps for itself (`iam`, `redshift`,
+    `aws_conn_id`, `cursor`, `sqlalchemy_*`...); with extra `iam`, user, password (a token) and port from
+    `get_iam_token`. The hook is given the connection already looked up, and hands back its arguments instead of
+    connecting."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    class Hook(PostgresHook):
+        def get_connection(self, conn_id):
+            return conn
+
+        def _create_connection(self, conn_args):
+            return conn_args
+
+    try:
+        params = dict(Hook(postgres_conn_id=conn.conn_id).get_conn())
+    except ValueError as exc:  # a bad `cursor`, an IAM connection without a host: no secret in these
+        raise ConfigurationError(f"Airflow connection {conn.conn_id!r}: {exc}") from None
+    for python_only in ("cursor_factory", "row_factory"):  # extra `cursor`: a cursor class for Python code
+        params.pop(python_only, None)
+    return params
 
 
 def buckets() -> dict[str, str]:
@@ -166,14 +193,7 @@ def storage_settings() -> StorageSettings:
             f"connection {STORAGE_CONN_ID!r} has neither a secret access key nor extra 'key_secret': "
             "set 'key_secret' in its extra (any long random string) so archive keys cannot be guessed"
         )
-    return StorageSettings(
-        endpoint_url=extra.get("endpoint_url") or None,
-        region_name=extra.get("region_name") or "us-east-1",
-        access_key=conn.login or None,
-        secret_key=conn.password or None,
-        key_secret=key_secret.encode(),
-        buckets=buckets(),
-    )
+    return StorageSettings(key_secret=key_secret.encode(), buckets=buckets(), connection=conn)
 
 
 def schemas_dir() -> Path:

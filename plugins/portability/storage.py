@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -39,25 +40,18 @@ class UploadAborted(IOError):
 
 
 def make_client(settings: StorageSettings, *, create_only: bool = False):
-    """A boto3 S3 client. With `create_only`, object writes carry `If-None-Match: *`."""
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client from Airflow's S3Hook on connection portability_s3, so that its extras (endpoint_url,
+    region_name, role_arn, profile_name, config_kwargs, service_config, verify...) work as everywhere in
+    Airflow. With `create_only`, object writes carry `If-None-Match: *`.
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region_name,
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
-            retries={"mode": "standard", "max_attempts": 5},
-            # CRC32 request checksums by default have broken S3-compatible servers; send them only when needed.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
+    Clients are cheap: the hook and its boto3 session are made once per process and connection
+    (`_S3Clients`); only the client is new each time."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = _S3Clients.of(settings.connection).client()
+    except (BotoCoreError, ClientError) as exc:  # a profile not found, a role that cannot be assumed
+        raise StorageError(f"cannot connect to object storage: {explain(exc)}") from exc
     if create_only:
         def refuse_overwrite(params, **_):
             params["IfNoneMatch"] = "*"
@@ -65,6 +59,133 @@ def make_client(settings: StorageSettings, *, create_only: bool = False):
         for operation in ("PutObject", "CompleteMultipartUpload"):
             client.meta.events.register(f"provide-client-params.s3.{operation}", refuse_overwrite)
     return client
+
+
+def client_config(endpoint_url: str | None, given=None):
+    """Our client settings as defaults under the connection's `config_kwargs` (`given`, a botocore Config).
+
+    Airflow's own rule would drop the connection's `config_kwargs` altogether once code passes a config to the
+    hook, so ours are merged here instead: a setting the connection gives wins, key by key, also inside the
+    `s3` and `retries` dicts (a connection giving `{"retries": {"max_attempts": 10}}` keeps the standard mode).
+    """
+    from botocore.config import Config
+
+    ours = {
+        "signature_version": "s3v4",
+        "s3": {"addressing_style": "path" if endpoint_url else "auto"},
+        "retries": {"mode": "standard", "max_attempts": 5},
+        # CRC32 request checksums by default have broken S3-compatible servers; send them only when needed.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+    config = Config(**ours)
+    if given is None:
+        return config
+    config = config.merge(given)
+    nested = {name: {**ours[name], **getattr(given, name)} for name in ("s3", "retries")
+              if isinstance(getattr(given, name, None), dict)}
+    return config.merge(Config(**nested)) if nested else config
+
+
+class _S3Clients:
+    """One S3Hook and one boto3 session per process and connection, from which S3 clients are made.
+
+    The hook's own `get_client_type` makes each client (endpoint from `endpoint_url` or `service_config`,
+    `verify`, Airflow's user agent); its session and the client config are made once, since a session costs
+    file reads or, with `role_arn`, an STS call, and the user agent a walk of the stack. boto3 sessions are
+    not thread-safe, so clients are made under a lock; the clients themselves are. A changed connection (a
+    rotated secret, a test's) gets its own hook; the last `_KEEP` are kept.
+    """
+
+    _KEEP = 4
+    _made: dict[str, _S3Clients] = {}
+    _made_lock = threading.Lock()
+
+    def __init__(self, connection):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        clients = self
+
+        class Hook(S3Hook):
+            def get_connection(self, conn_id):  # the connection already looked up, as config.connection does
+                return connection  # (the hook's own lookup would fall back to boto3's defaults if it were missing)
+
+            def get_session(self, region_name=None, deferrable=False):
+                if deferrable or region_name not in (None, self.region_name):
+                    return super().get_session(region_name=region_name, deferrable=deferrable)
+                if clients._session is None:
+                    clients._session = super().get_session()
+                return clients._session
+
+            def _get_caller(self, target_function_name="execute"):
+                return _caller(target_function_name)
+
+            def _get_config(self, config=None):  # the user agent, once
+                if config is not clients._config:
+                    return super()._get_config(config)
+                if clients._full_config is None:
+                    clients._full_config = super()._get_config(config)
+                return clients._full_config
+
+        self._session = self._full_config = None
+        self._lock = threading.Lock()
+        self._hook = Hook(aws_conn_id=connection.conn_id)
+        wrapper = self._hook.conn_config
+        self._config = client_config(wrapper.get_service_endpoint_url("s3"), wrapper.botocore_config)
+
+    @classmethod
+    def of(cls, connection) -> _S3Clients:
+        if connection is None:
+            from portability.config import STORAGE_CONN_ID, ConfigurationError
+
+            raise ConfigurationError(f"no Airflow connection {STORAGE_CONN_ID!r} was read for object storage")
+        fingerprint = _fingerprint(connection)
+        with cls._made_lock:
+            made = cls._made.get(fingerprint)
+            if made is None:
+                made = cls._made[fingerprint] = cls(connection)
+                while len(cls._made) > cls._KEEP:
+                    del cls._made[next(iter(cls._made))]
+            return made
+
+    def client(self):
+        with self._lock:
+            return self._hook.get_client_type(config=self._config)
+
+
+def _caller(target_function_name: str = "execute") -> str:
+    """AwsBaseHook._get_caller's answer for Airflow's user agent (the operator whose `execute` runs this, a
+    sensor's `poke`, else an executor), found from the frames alone: its `inspect.stack()` reads the source of
+    every frame, half a second in a deep stack."""
+    import inspect
+    import sys
+
+    def frames():
+        frame = sys._getframe(1)
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    def operator(function_name: str) -> str | None:
+        frame = next((f for f in frames() if f.f_code.co_name == function_name), None)
+        return type(frame.f_locals["self"]).__name__ if frame is not None and "self" in frame.f_locals else None
+
+    caller = operator(target_function_name)
+    if caller == "BaseSensorOperator":
+        caller = operator("poke")
+    if not caller:
+        for frame in frames():
+            classes = [name for name, value in frame.f_globals.items() if inspect.isclass(value)]
+            if "BaseExecutor" in classes:
+                return classes[-1]
+    return caller or "Unknown"
+
+
+def _fingerprint(connection) -> str:
+    """Which connection this is, as a digest (the secrets it holds stay out of any key or repr)."""
+    parts = [connection.conn_id, connection.conn_type, connection.host, connection.schema, connection.port,
+             connection.login, connection.password, connection.extra_dejson]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _transfer_config(part_bytes: int):
@@ -301,6 +422,8 @@ def explain(exc: BaseException) -> str:
         ConnectionClosedError,
         EndpointConnectionError,
         NoCredentialsError,
+        PartialCredentialsError,
+        ProfileNotFound,
         ReadTimeoutError,
     )
 
@@ -314,7 +437,7 @@ def explain(exc: BaseException) -> str:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _CREDENTIAL_CODES or status == 403:  # a HEAD's refusal has no body, only its status
             return (f"object storage refused the credentials of {where} ({_brief(exc)}): check its login "
-                    "(access key id) and password (secret key)")
+                    "(access key id) and password (secret key), or the role_arn or profile_name of its extra")
         if code == "NoSuchBucket":
             bucket = exc.response.get("Error", {}).get("BucketName", "")
             return (f"object storage has no bucket {bucket!r} ({where}): create it, or correct PORTABILITY_BUCKETS"
@@ -325,6 +448,8 @@ def explain(exc: BaseException) -> str:
                 "and that the server is up")
     if isinstance(exc, NoCredentialsError):
         return f"no credentials for object storage: give {where} a login and password, or the worker an IAM role"
+    if isinstance(exc, ProfileNotFound | PartialCredentialsError):
+        return f"object storage credentials are incomplete ({type(exc).__name__}): check the profile_name of {where}"
     return f"object storage failed ({_brief(exc)}); check {where} and the server"
 
 
