@@ -90,11 +90,13 @@ def client_config(endpoint_url: str | None, given=None):
 class _S3Clients:
     """One S3Hook and one boto3 session per process and connection, from which S3 clients are made.
 
-    The hook's own `get_client_type` makes each client (endpoint from `endpoint_url` or `service_config`,
-    `verify`, Airflow's user agent); its session and the client config are made once, since a session costs
-    file reads or, with `role_arn`, an STS call, and the user agent a walk of the stack. boto3 sessions are
-    not thread-safe, so clients are made under a lock; the clients themselves are. A changed connection (a
-    rotated secret, a test's) gets its own hook; the last `_KEEP` are kept.
+    The hook gives what Airflow reads from the connection: the session (credentials, `role_arn`,
+    `profile_name`, region) and `conn_config` (the endpoint from `endpoint_url` or `service_config`,
+    `verify`, `config_kwargs`); the client is made from them as the hook's `get_client_type` makes it,
+    with our settings under the connection's. The session is made once, since it costs file reads or,
+    with `role_arn`, an STS call; boto3 sessions are not thread-safe, so clients are made under a lock
+    (the clients themselves are). A changed connection (a rotated secret, a test's) gets its own hook;
+    the last `_KEEP` are kept.
     """
 
     _KEEP = 4
@@ -104,34 +106,16 @@ class _S3Clients:
     def __init__(self, connection):
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        clients = self
-
         class Hook(S3Hook):
             def get_connection(self, conn_id):  # the connection already looked up, as config.connection does
                 return connection  # (the hook's own lookup would fall back to boto3's defaults if it were missing)
 
-            def get_session(self, region_name=None, deferrable=False):
-                if deferrable or region_name not in (None, self.region_name):
-                    return super().get_session(region_name=region_name, deferrable=deferrable)
-                if clients._session is None:
-                    clients._session = super().get_session()
-                return clients._session
-
-            def _get_caller(self, target_function_name="execute"):
-                return _caller(target_function_name)
-
-            def _get_config(self, config=None):  # the user agent, once
-                if config is not clients._config:
-                    return super()._get_config(config)
-                if clients._full_config is None:
-                    clients._full_config = super()._get_config(config)
-                return clients._full_config
-
-        self._session = self._full_config = None
+        self._session = None
         self._lock = threading.Lock()
         self._hook = Hook(aws_conn_id=connection.conn_id)
         wrapper = self._hook.conn_config
-        self._config = client_config(wrapper.get_service_endpoint_url("s3"), wrapper.botocore_config)
+        self._endpoint_url = wrapper.get_service_endpoint_url("s3")
+        self._config = client_config(self._endpoint_url, wrapper.botocore_config)
 
     @classmethod
     def of(cls, connection) -> _S3Clients:
@@ -150,35 +134,10 @@ class _S3Clients:
 
     def client(self):
         with self._lock:
-            return self._hook.get_client_type(config=self._config)
-
-
-def _caller(target_function_name: str = "execute") -> str:
-    """AwsBaseHook._get_caller's answer for Airflow's user agent (the operator whose `execute` runs this, a
-    sensor's `poke`, else an executor), found from the frames alone: its `inspect.stack()` reads the source of
-    every frame, half a second in a deep stack."""
-    import inspect
-    import sys
-
-    def frames():
-        frame = sys._getframe(1)
-        while frame is not None:
-            yield frame
-            frame = frame.f_back
-
-    def operator(function_name: str) -> str | None:
-        frame = next((f for f in frames() if f.f_code.co_name == function_name), None)
-        return type(frame.f_locals["self"]).__name__ if frame is not None and "self" in frame.f_locals else None
-
-    caller = operator(target_function_name)
-    if caller == "BaseSensorOperator":
-        caller = operator("poke")
-    if not caller:
-        for frame in frames():
-            classes = [name for name, value in frame.f_globals.items() if inspect.isclass(value)]
-            if "BaseExecutor" in classes:
-                return classes[-1]
-    return caller or "Unknown"
+            if self._session is None:
+                self._session = self._hook.get_session()
+            return self._session.client("s3", endpoint_url=self._endpoint_url, config=self._config,
+                                        verify=self._hook.verify)
 
 
 def _fingerprint(connection) -> str:

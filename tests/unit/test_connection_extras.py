@@ -45,7 +45,6 @@ def test_our_client_settings_apply_under_an_endpoint(monkeypatch):
     assert cfg.s3 == {"addressing_style": "path"}
     assert cfg.retries == {"mode": "standard", "total_max_attempts": 6}  # botocore's name: 5 retries
     assert (cfg.request_checksum_calculation, cfg.response_checksum_validation) == ("when_required",) * 2
-    assert "Airflow/" in cfg.user_agent_extra  # made by the hook, as Airflow's own clients are
     assert client._request_signer._credentials.access_key == "AKIDTEST"
     assert SECRET not in repr(settings)
 
