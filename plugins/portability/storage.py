@@ -8,7 +8,6 @@ A multipart upload is invisible until it completes, so an aborted stream publish
 from __future__ import annotations
 
 import hashlib
-import hmac
 import io
 import json
 import queue
@@ -515,8 +514,3 @@ class ObjectStore:
         if not url:
             raise StorageError(f"could not sign a link for export archive {filename}")
         return url
-
-
-def key_token(key_secret: bytes, export_id: str) -> str:
-    """The unguessable part of an archive's key: only holders of the key secret can derive it."""
-    return hmac.new(key_secret, export_id.encode(), hashlib.sha256).hexdigest()[:32]
