@@ -289,8 +289,9 @@ def _add_seed_options(parser: argparse.ArgumentParser) -> None:
     """One option per field of SeedOptions, with its default: sizes are per account."""
     try:
         SeedOptions = _dev_tooling("seed").SeedOptions  # noqa: N806 (a class)
-    except config.ConfigurationError:
-        return  # not a developer's checkout: `portability seed` says so when it runs
+    except config.ConfigurationError:  # not a developer's checkout: `portability seed` says so when it runs
+        parser.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
 
     helps = {"accounts": "accounts to create", "prefix": "account ids are PREFIX-00001, ...",
              "seed": "another number gives other (still deterministic) data",
