@@ -290,7 +290,7 @@ def _add_seed_options(parser: argparse.ArgumentParser) -> None:
     try:
         SeedOptions = _dev_tooling("seed").SeedOptions  # noqa: N806 (a class)
     except config.ConfigurationError:  # not a developer's checkout: `portability seed` says so when it runs
-        parser.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        parser.set_defaults(takes_any_options=True)
         return
 
     helps = {"accounts": "accounts to create", "prefix": "account ids are PREFIX-00001, ...",
@@ -405,7 +405,10 @@ def _join_option_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_join_option_values(sys.argv[1:] if argv is None else list(argv)))
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(_join_option_values(sys.argv[1:] if argv is None else list(argv)))
+    if unknown and not getattr(args, "takes_any_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.dev_stores:
         # Asked for explicitly: the development stores replace whatever this shell has configured,
         # before Airflow is imported and reads its settings.
