@@ -149,26 +149,26 @@ def _postgres_settings(conn_id: str) -> SourceSettings:
 
 
 def postgres_connect_kwargs(conn) -> dict:
-    """The keyword arguments Airflow's PostgresHook.get_conn would connect with, from its own code: host, port,
-    dbname, user and password, then every extra except those it keeps for itself (`iam`, `redshift`,
-    `aws_conn_id`, `cursor`, `sqlalchemy_*`...); with extra `iam`, user, password (a token) and port from
-    `get_iam_token`. The hook is given the connection already looked up, and hands back its arguments instead of
-    connecting."""
+    """The keyword arguments Airflow's PostgresHook.get_conn connects with, from the hook's public parts: host,
+    port, dbname, user and password, then every extra except those the hook keeps for itself
+    (`ignored_extra_options`: `iam`, `redshift`, `aws_conn_id`, `cursor`, `sqlalchemy_*`...); with extra `iam`,
+    user, password (a token) and port from its `get_iam_token`."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     class Hook(PostgresHook):
-        def get_connection(self, conn_id):
+        def get_connection(self, conn_id):  # the connection already looked up
             return conn
 
-        def _create_connection(self, conn_args):
-            return conn_args
-
-    try:
-        params = dict(Hook(postgres_conn_id=conn.conn_id).get_conn())
-    except ValueError as exc:  # a bad `cursor`, an IAM connection without a host: no secret in these
-        raise ConfigurationError(f"Airflow connection {conn.conn_id!r}: {exc}") from None
-    for python_only in ("cursor_factory", "row_factory"):  # extra `cursor`: a cursor class for Python code
-        params.pop(python_only, None)
+    hook = Hook(postgres_conn_id=conn.conn_id)
+    login, password, port = conn.login, conn.password, conn.port
+    if conn.extra_dejson.get("iam", False):
+        try:
+            login, password, port = hook.get_iam_token(conn)
+        except ValueError as exc:  # an IAM connection without a host, say: no secret in these
+            raise ConfigurationError(f"Airflow connection {conn.conn_id!r}: {exc}") from None
+    params = {"host": conn.host, "user": login, "password": password, "dbname": conn.schema, "port": port}
+    params.update({name: value for name, value in conn.extra_dejson.items()
+                   if name not in hook.ignored_extra_options})
     return params
 
 

@@ -536,8 +536,9 @@ def delivered(conn, request_id: str, link_expires_at: str) -> None:
 
 
 def export_record(conn, export_id: str) -> dict:
-    """An export by its id, or by the id of a request it serves."""
-    row = conn.execute("SELECT * FROM exports WHERE export_id = %s OR export_id = "
+    """An export by its id, or by the id of a request it serves; `leased` tells whether its lease still holds."""
+    row = conn.execute("SELECT *, coalesce(lease_until > now(), false) AS leased FROM exports "
+                       "WHERE export_id = %s OR export_id = "
                        "(SELECT export_id FROM export_requests WHERE request_id = %s)",
                        (export_id, export_id)).fetchone()
     if row is None:

@@ -107,8 +107,6 @@ def _wait_for(export_id: str, lease: timedelta) -> dict | None:
     while True:
         with ledger.connect() as conn:
             record = ledger.export_record(conn, export_id)
-            leased = conn.execute("SELECT lease_until > now() AS leased FROM exports WHERE export_id = %s",
-                                  (export_id,)).fetchone()["leased"]
         if record["state"] in ("ready", "delivered"):
             return _summary_of(record)
         if record["state"] in ("failed", "cancelled", "expired"):
@@ -116,7 +114,7 @@ def _wait_for(export_id: str, lease: timedelta) -> dict | None:
                 return None
             raise export.ExportError(f"export {export_id} of this account, which this request joined, "
                                      f"{record['state']}: {record['error'] or 'no reason recorded'}")
-        if not leased:
+        if not record["leased"]:
             return None
         time.sleep(min(1.0, lease.total_seconds() / 4))
 
