@@ -402,8 +402,8 @@ def naive_pipeline(conninfo: str, account_id: str, sample: int, out_dir: Path) -
     """psycopg rows -> dict -> jsonschema -> json.dumps, one record at a time, as one would write it first."""
     import psycopg
 
-    from portability.mapping import load_mapping
-    from portability.schemas import JSON, SchemaSet
+    from portability.records.schemas import JSON, SchemaSet
+    from portability.resources.mapping import load_mapping
 
     schemas = SchemaSet()
     validator = schemas.validator(schemas.record("contacts"))
@@ -505,9 +505,9 @@ def exported_rows(summary: dict) -> dict[str, int]:
 def run_benchmark(args) -> dict:
     import psycopg
 
-    from portability import config
-    from portability.mapping import load_mapping
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
+    from portability.resources import config
+    from portability.resources.mapping import load_mapping
 
     use_embedded_defaults()
     conninfo = config.source_settings().conninfo
@@ -709,8 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     import airflow.sdk  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True, format="export_bench: %(message)s")
-    from portability.config import ConfigurationError
-    from portability.mapping import MappingError
+    from portability.resources.config import ConfigurationError
+    from portability.resources.mapping import MappingError
 
     try:
         results = run_benchmark(args)

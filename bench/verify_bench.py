@@ -74,7 +74,7 @@ def measure_verify(archive: Path) -> tuple[dict, ChildRun, dict]:
 def run_benchmark(args) -> dict:
     import psycopg
 
-    from portability import config
+    from portability.resources import config
 
     use_embedded_defaults()
     conninfo = config.source_settings().conninfo
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import airflow.sdk  # noqa: F401  (configures logging to stdout; progress goes to stderr)
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True, format="verify_bench: %(message)s")
-    from portability.config import ConfigurationError
+    from portability.resources.config import ConfigurationError
 
     try:
         results = run_benchmark(args)

@@ -1,13 +1,13 @@
 """account_export: one account's data, validated, packaged and published to its region's bucket.
 
 Triggered from the UI form, the REST API or other DAGs; the Params are the request schema
-(schemas/export_request.schema.json). Each task calls one step of `portability.export` and
+(schemas/export_request.schema.json). Each task calls one step of `portability.pipeline.export` and
 passes small dicts (ids, counts, checksums); the data moves through a staging prefix in the
 region's bucket, so a retried task gives the same bytes. A big category is split into shards
 (dynamic task mapping over runs of key-ordered pieces) that any number of workers share; the
 archive is byte-for-byte the same however it was sharded. The `package` task's return value is
 the run's summary: export id, archive key, counts and sha256 (never the link). Each run is
-recorded in the request ledger (`portability.ledger`): `deliver` sends the link to the
+recorded in the request ledger (`portability.resources.ledger`): `deliver` sends the link to the
 requesters, and a task that fails for good marks the request failed with its error.
 """
 
@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 
-from portability.request import dag_params
-from portability.schemas import SchemaSet
+from portability.records.schemas import SchemaSet
+from portability.service.request import dag_params
 
 SCHEMAS = SchemaSet()
 
@@ -41,9 +41,9 @@ def validate_request() -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability import service
-    from portability.airflow_api import dag_run_state_in_task
-    from portability.ledger import LedgerError
-    from portability.request import RequestError
+    from portability.resources.airflow_api import dag_run_state_in_task
+    from portability.resources.ledger import LedgerError
+    from portability.service.request import RequestError
 
     run = get_current_context()["dag_run"]
     try:
@@ -57,7 +57,7 @@ def snapshot(plan: dict) -> dict:
     """One consistent read of every requested category into staging."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from portability import export
+    from portability.pipeline import export
 
     if plan.get("joined"):
         raise AirflowSkipException(f"export {plan['joined']} of this account is under way and covers this "
@@ -73,7 +73,7 @@ def snapshot(plan: dict) -> dict:
 @task
 def shards_of(plan: dict, snap: dict, category: str) -> list[dict | None]:
     """Split a category into shards of about `shard_rows` rows, one mapped task each."""
-    from portability import export
+    from portability.pipeline import export
 
     # A category that was not requested still gets one (empty) task, so nothing downstream is skipped.
     return export.shards(plan, snap, category) or [None]
@@ -84,8 +84,8 @@ def validate_and_write(plan: dict, snap: dict, shard: dict | None) -> dict | Non
     """Validate every record of one shard and write its pieces of the requested formats."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from portability import export
-    from portability.validation import InvalidRecords
+    from portability.pipeline import export
+    from portability.records.validation import InvalidRecords
 
     if shard is None:
         get_current_context()["shard_label"] = "not requested"
@@ -102,7 +102,7 @@ def validate_and_write(plan: dict, snap: dict, shard: dict | None) -> dict | Non
 @task
 def package(plan: dict, snap: dict, results: list) -> dict:
     """Zip the bag into the region's bucket; it becomes visible only when complete."""
-    from portability import export
+    from portability.pipeline import export
 
     # One list per category of its shards' results; None for categories not requested.
     summary = export.package(plan, snap, [r for shard_results in results for r in shard_results if r])
@@ -124,7 +124,7 @@ def cleanup(plan: dict | None) -> int:
 
     After a failure, export again by clearing the whole run: it keeps its export id.
     """
-    from portability import export
+    from portability.pipeline import export
 
     if plan is None:  # validate_request refused the request: nothing was staged
         return 0

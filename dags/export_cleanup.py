@@ -36,8 +36,8 @@ def watch_deadlines() -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability import service
-    from portability.airflow_api import dag_run_state_in_task
-    from portability.ledger import DAG_ID
+    from portability.resources.airflow_api import dag_run_state_in_task
+    from portability.resources.ledger import DAG_ID
 
     report = service.watch_deadlines(within_days=7, run_state=dag_run_state_in_task(DAG_ID))
     if report["overdue"]:

@@ -10,7 +10,7 @@ import zipfile
 from decimal import Decimal
 from pathlib import Path
 
-from portability.records import neutralise_formula, render_timestamp
+from portability.records.values import neutralise_formula, render_timestamp
 from tests.conftest import TALLY
 
 SECRET_COLUMNS = {

@@ -60,7 +60,7 @@ def store_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def source_dsn(store_env) -> str:
-    from portability import config
+    from portability.resources import config
 
     return config.source_settings().conninfo
 
@@ -94,8 +94,8 @@ def db(source_dsn):
 
 @pytest.fixture
 def store(store_env):
-    from portability import config
-    from portability.storage import ObjectStore
+    from portability.resources import config
+    from portability.resources.storage import ObjectStore
 
     return ObjectStore(config.storage_settings())
 

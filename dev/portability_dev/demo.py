@@ -49,8 +49,8 @@ def run(account: str = "demo-00001") -> int:
         return 1
 
     from portability import service
-    from portability.request import export_id_for_run
-    from portability.verify import verify
+    from portability.archive.verify import verify
+    from portability.service.request import export_id_for_run
 
     export_id = export_id_for_run(DAG_ID, run_id)
     _step(f"minting a 72-hour link for export {export_id}")
@@ -81,7 +81,7 @@ def run(account: str = "demo-00001") -> int:
 def _seed_demo_accounts(account: str) -> None:
     import psycopg
 
-    from portability import config
+    from portability.resources import config
     from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(config.source_settings().conninfo) as conn:

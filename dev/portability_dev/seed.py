@@ -310,7 +310,7 @@ def _unique_address(pool: Sequence[str], k: int) -> str:
 
 def create_schema(conn) -> None:
     """Create the reference source tables (idempotent: every statement is IF NOT EXISTS)."""
-    ddl = resources.files("portability").joinpath("sql/source_schema.sql").read_text(encoding="utf-8")
+    ddl = resources.files("portability").joinpath("resources/sql/source_schema.sql").read_text(encoding="utf-8")
     conn.execute(ddl)
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 
-from portability import config
+from portability.resources import config
 
 log = logging.getLogger("portability")
 
@@ -92,8 +92,8 @@ def cmd_request(args) -> int:
     import time
 
     from portability import service
-    from portability.airflow_api import AirflowApi
-    from portability.ledger import DAG_ID
+    from portability.resources.airflow_api import AirflowApi
+    from portability.resources.ledger import DAG_ID
 
     conf = _request_conf(args)
     api = AirflowApi.from_connection()
@@ -155,8 +155,8 @@ def cmd_status(args) -> int:
 
 def cmd_cancel(args) -> int:
     from portability import service
-    from portability.airflow_api import AirflowApi
-    from portability.ledger import DAG_ID
+    from portability.resources.airflow_api import AirflowApi
+    from portability.resources.ledger import DAG_ID
 
     result = service.cancel(args.request_id)
     stopped = False
@@ -193,7 +193,8 @@ def cmd_deadlines(args) -> int:
 def cmd_schedule(args) -> int:
     from datetime import datetime
 
-    from portability import ledger, service
+    from portability import service
+    from portability.resources import ledger
 
     if args.remove:
         with ledger.connect() as conn:
@@ -228,7 +229,7 @@ def cmd_link(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from portability.verify import verify
+    from portability.archive.verify import verify
 
     report = verify(args.archive)
     if args.json:
@@ -453,18 +454,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def failure_message(exc: BaseException) -> str:
     """One line that names what went wrong and what to check; never a secret or a link."""
-    from portability.airflow_api import AirflowApiError
-    from portability.export import ExportError
-    from portability.ledger import LedgerError
-    from portability.mapping import MappingError
-    from portability.request import RequestError
-    from portability.validation import InvalidRecords
-    from portability.verify import VerificationError
+    from portability.archive.verify import VerificationError
+    from portability.pipeline.export import ExportError
+    from portability.records.validation import InvalidRecords
+    from portability.resources.airflow_api import AirflowApiError
+    from portability.resources.ledger import LedgerError
+    from portability.resources.mapping import MappingError
+    from portability.service.request import RequestError
 
     if isinstance(exc, RequestError | ExportError | VerificationError | InvalidRecords | MappingError | LedgerError
                   | AirflowApiError | config.ConfigurationError | config.DatabaseUnavailable):
         return str(exc)
-    from portability import storage
+    from portability.resources import storage
 
     if isinstance(exc, storage.StorageError) or type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
         return storage.explain(exc)

@@ -54,8 +54,8 @@ def test_params_are_the_request_schema(dagbag):
 
 
 def test_the_trigger_forms_defaults_are_a_valid_request_and_only_the_account_is_required(dagbag):
-    from portability.request import parse_request
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
+    from portability.service.request import parse_request
 
     params = dagbag.dags["account_export"].params
     # Airflow's form marks a field required unless its type allows null, and sends null for one left empty.

@@ -29,13 +29,14 @@ def staging_keys(store, export_id: str) -> list[str]:
 
 
 def export_id_of(run: dict) -> str:
-    from portability.request import export_id_for_run
+    from portability.service.request import export_id_for_run
 
     return export_id_for_run("account_export", run["run_id"])
 
 
 def test_dag_publishes_a_verified_archive(seeded, run_dag, store, db, tmp_path):
-    from portability import export, service
+    from portability import service
+    from portability.pipeline import export
 
     run = run_dag({"account_id": "e2e-00001", "formats": ["csv", "jsonl", "parquet"]})
     assert run["state"] == "success", run["output"][-4000:]

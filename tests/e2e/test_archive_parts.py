@@ -54,8 +54,8 @@ def _open_uploads(store, bucket: str, export_id: str) -> list[str]:
 
 def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_files_account, store, db,
                                                                            monkeypatch, tmp_path):
-    from portability import export
-    from portability.parts import EDGE_BYTES, MIDDLE_BYTES
+    from portability.archive.parts import EDGE_BYTES, MIDDLE_BYTES
+    from portability.pipeline import export
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "15")  # several pieces, so middles span segments
     conf = {"account_id": big_files_account, "categories": ["contacts"], "formats": ["csv", "jsonl"]}
@@ -82,8 +82,8 @@ def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_f
 
 def test_a_failed_command_export_leaves_no_parts_behind(seeded, store):
     """Parts already sent hold personal data: a failure aborts the upload as well as removing staging."""
-    from portability import export
-    from portability.validation import InvalidRecords
+    from portability.pipeline import export
+    from portability.records.validation import InvalidRecords
 
     export_id = str(uuid.uuid4())
     with pytest.raises(InvalidRecords):

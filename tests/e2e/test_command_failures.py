@@ -43,7 +43,7 @@ FAILURES = {
 
 @pytest.mark.parametrize("failure", list(FAILURES))
 def test_a_failing_store_gives_one_clear_message_and_exit_2(failure, seeded, tally):
-    from portability import ledger
+    from portability.resources import ledger
 
     broken, expected = FAILURES[failure]
     env = broken()
@@ -65,7 +65,7 @@ def test_a_failing_store_gives_one_clear_message_and_exit_2(failure, seeded, tal
 
 
 def _newest_export():
-    from portability import ledger
+    from portability.resources import ledger
 
     with ledger.connect() as conn:
         return conn.execute("SELECT state, error FROM exports WHERE account_id = %s ORDER BY created_at DESC LIMIT 1",

@@ -32,7 +32,7 @@ def test_two_commands_at_once_publish_one_archive(store_env, store):
     archives = [key for key in store.keys(summaries[0]["bucket"], f"exports/{summaries[0]['export_id']}/")
                 if key.endswith(".zip")]
     assert len(archives) == 1
-    from portability import ledger
+    from portability.resources import ledger
 
     with ledger.connect() as conn:
         requests = conn.execute("SELECT state FROM export_requests WHERE export_id = %s",

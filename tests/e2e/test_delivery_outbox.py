@@ -40,9 +40,10 @@ class SlowReceiver:
 def test_a_slow_webhook_holds_no_ledger_lock(store_env, monkeypatch):
     import json
 
-    from portability import ledger, service
-    from portability.request import parse_request
-    from portability.schemas import SchemaSet
+    from portability import service
+    from portability.records.schemas import SchemaSet
+    from portability.resources import ledger
+    from portability.service.request import parse_request
 
     monkeypatch.setenv("AIRFLOW_CONN_PORTABILITY_WEBHOOK", json.dumps({"conn_type": "generic", "password": "s3cr3t"}))
     receiver = SlowReceiver(delay=4)

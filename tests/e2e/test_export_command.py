@@ -105,7 +105,7 @@ def test_fresh_link_from_link_command_downloads_the_same_archive(eu_export, tmp_
 
 
 def test_link_is_refused_after_it_expires(eu_export, store_env):
-    from portability import export
+    from portability.pipeline import export
 
     store, summary = export.find_archive(eu_export["summary"]["export_id"])
     link = export.presigned_link(store, summary, seconds=2)
@@ -138,8 +138,8 @@ def test_bad_requests_are_refused_before_any_source_read(seeded, args, field):
 
 
 def test_unknown_field_is_named(store_env):
-    from portability.request import RequestError, parse_request
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
+    from portability.service.request import RequestError, parse_request
 
     with pytest.raises(RequestError, match="unknown field 'acount_id'"):
         parse_request({"account_id": "x", "acount_id": "y"}, SchemaSet())

@@ -12,15 +12,15 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def conn(store_env):
-    from portability import ledger
+    from portability.resources import ledger
 
     with ledger.connect() as conn:
         yield conn
 
 
 def _request(account: str, **overrides) -> dict:
-    from portability.request import parse_request
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
+    from portability.service.request import parse_request
 
     return parse_request({"account_id": account, **overrides}, SchemaSet()).to_dict()
 
@@ -30,7 +30,7 @@ def _account() -> str:
 
 
 def test_same_idempotency_key_gives_one_request_and_one_export(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account, key = _account(), f"ticket-{uuid.uuid4()}"
     first = ledger.submit(conn, _request(account), requested_by="privacy@example.com", idempotency_key=key)
@@ -46,7 +46,7 @@ def test_same_idempotency_key_gives_one_request_and_one_export(conn):
 
 
 def test_deadline_is_one_month_after_the_request(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     submission = ledger.submit(conn, _request(_account()), requested_by="someone")
     row = ledger.request_status(conn, submission.request_id)
@@ -58,7 +58,7 @@ def test_deadline_is_one_month_after_the_request(conn):
 
 
 def test_a_second_request_joins_the_export_under_way_if_it_covers_it(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     first = ledger.submit(conn, _request(account), requested_by="a")
@@ -70,8 +70,9 @@ def test_a_second_request_joins_the_export_under_way_if_it_covers_it(conn):
 
 
 def test_a_run_triggered_straight_through_the_api_is_recorded_or_joins(conn):
-    from portability import export, ledger
-    from portability.request import export_id_for_run
+    from portability.pipeline import export
+    from portability.resources import ledger
+    from portability.service.request import export_id_for_run
 
     account = _account()
     run_a, run_b = f"manual__{uuid.uuid4()}", f"manual__{uuid.uuid4()}"
@@ -84,7 +85,7 @@ def test_a_run_triggered_straight_through_the_api_is_recorded_or_joins(conn):
 
 
 def test_life_of_an_export_failed_then_ready_delivered_expired(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     submission = ledger.submit(conn, _request(account), requested_by="a", notify_email="a@example.com")
@@ -124,7 +125,7 @@ def test_life_of_an_export_failed_then_ready_delivered_expired(conn):
 
 
 def test_deadline_watch_lists_overdue_and_due_requests(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     overdue = ledger.submit(conn, _request(_account()), requested_by="a")
     conn.execute("UPDATE export_requests SET requested_at = now() - interval '40 days', "
@@ -142,7 +143,7 @@ def test_deadline_watch_lists_overdue_and_due_requests(conn):
 def test_deadline_alert_claims_a_request_once_per_quiet_period_and_a_concurrent_watch_waits(conn):
     import threading
 
-    from portability import ledger
+    from portability.resources import ledger
 
     late = ledger.submit(conn, _request(_account()), requested_by="a")
     quiet = timedelta(hours=20)
@@ -182,7 +183,7 @@ def _waits_on_a_lock(conn, pid: int, timeout: float = 30) -> bool:
 
 
 def test_cancel_withdraws_a_request_and_its_export_when_nobody_else_waits(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     first = ledger.submit(conn, _request(account), requested_by="a")
@@ -200,7 +201,7 @@ def test_cancel_withdraws_a_request_and_its_export_when_nobody_else_waits(conn):
 
 
 def test_a_notification_whose_sender_died_is_sent_again_with_the_same_id(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     submission = ledger.submit(conn, _request(account), requested_by="a", webhook_url="https://hooks.example/x")
@@ -236,7 +237,7 @@ def _expire_lease(conn, export_id: str) -> None:
 
 
 def test_a_request_never_joins_an_export_whose_process_died(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     lease = timedelta(seconds=30)
@@ -263,7 +264,7 @@ def test_a_request_never_joins_an_export_whose_process_died(conn):
 
 
 def test_a_dag_run_export_is_alive_while_airflow_says_its_run_is(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     first = ledger.submit(conn, _request(account), requested_by="a")
@@ -285,7 +286,7 @@ def test_a_dag_run_export_is_alive_while_airflow_says_its_run_is(conn):
 
 
 def test_the_deadline_watch_marks_dead_exports_failed(conn):
-    from portability import ledger
+    from portability.resources import ledger
 
     account = _account()
     request_id, export_id, _ = ledger.start_in_process(conn, _request(account), requested_by="x",

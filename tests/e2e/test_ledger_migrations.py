@@ -111,7 +111,7 @@ def _ledger_database(monkeypatch) -> tuple[str, str]:
     import psycopg
     from psycopg import sql
 
-    from portability import config
+    from portability.resources import config
 
     name = f"ledger_migration_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(config.source_settings().conninfo, autocommit=True) as conn:
@@ -127,7 +127,7 @@ def new_database(store_env, monkeypatch):
     import psycopg
     from psycopg import sql
 
-    from portability import config
+    from portability.resources import config
 
     made = []
 
@@ -244,16 +244,16 @@ def _pre_alembic_ledger(conninfo: str) -> None:
 def test_the_head_revision_is_the_one_the_code_names():
     from alembic.script import ScriptDirectory
 
-    from portability import ledger
+    from portability.resources import ledger
 
     scripts = ScriptDirectory.from_config(ledger.alembic_config())
     assert scripts.get_heads() == [ledger.SCHEMA_HEAD]
 
 
 def test_a_ledger_made_before_alembic_upgrades_without_losing_a_row_or_a_value(new_database):
-    from portability import ledger
-    from portability.request import parse_request
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
+    from portability.resources import ledger
+    from portability.service.request import parse_request
 
     conninfo = new_database()
     _pre_alembic_ledger(conninfo)
@@ -283,7 +283,7 @@ def test_a_ledger_made_before_alembic_upgrades_without_losing_a_row_or_a_value(n
 def test_a_ledger_of_the_first_release_gets_the_columns_added_since(new_database):
     """Before `cancelled_at`, `deadline_alerted_at`, `lease_until` and `notifications`, as the old code's
     ALTER TABLE ... ADD COLUMN IF NOT EXISTS lines assumed such ledgers exist."""
-    from portability import ledger
+    from portability.resources import ledger
 
     reference = new_database()
     _pre_alembic_ledger(reference)
@@ -323,7 +323,7 @@ def _exports(conninfo: str) -> list[dict]:
 
 
 def test_an_empty_database_gets_the_whole_schema(new_database):
-    from portability import ledger
+    from portability.resources import ledger
 
     reference = new_database()
     _pre_alembic_ledger(reference)
@@ -339,7 +339,7 @@ def test_an_empty_database_gets_the_whole_schema(new_database):
 
 _RACER = """
 import os, sys, time
-from portability import ledger
+from portability.resources import ledger
 open(sys.argv[1] + ".ready", "w").close()
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.005)
@@ -350,7 +350,7 @@ with ledger.connect() as conn:
 
 @pytest.mark.parametrize("made_before", [False, True], ids=["empty", "pre-alembic-ledger"])
 def test_processes_and_threads_upgrading_at_once_do_not_fail(new_database, tmp_path, made_before):
-    from portability import ledger
+    from portability.resources import ledger
 
     conninfo = new_database()
     if made_before:
@@ -392,7 +392,7 @@ def test_processes_and_threads_upgrading_at_once_do_not_fail(new_database, tmp_p
 
 
 def test_an_upgrade_at_the_head_changes_nothing(new_database):
-    from portability import ledger
+    from portability.resources import ledger
 
     conninfo = new_database()
     with ledger.connect():
@@ -420,12 +420,12 @@ def test_an_upgrade_at_the_head_changes_nothing(new_database):
 
 
 def test_connect_at_the_head_reads_the_version_without_importing_alembic(new_database):
-    from portability import ledger
+    from portability.resources import ledger
 
     conninfo = new_database()
     with ledger.connect():
         pass
-    probe = ("import sys, time\nfrom portability import config, ledger\nstarted = time.perf_counter()\n"
+    probe = ("import sys, time\nfrom portability.resources import config, ledger\nstarted = time.perf_counter()\n"
              "config.state_settings()\nresolved = time.perf_counter()\n"
              "with ledger.connect() as conn:\n    pass\nended = time.perf_counter()\n"
              "print(resolved - started, ended - resolved, 'alembic' in sys.modules, 'sqlalchemy' in sys.modules)")
@@ -448,7 +448,7 @@ def test_connect_at_the_head_reads_the_version_without_importing_alembic(new_dat
 
 
 def test_the_ledger_migrations_command_shows_and_upgrades_the_version(new_database):
-    from portability import ledger
+    from portability.resources import ledger
 
     conninfo = new_database()
     _pre_alembic_ledger(conninfo)
@@ -456,8 +456,8 @@ def test_the_ledger_migrations_command_shows_and_upgrades_the_version(new_databa
     rows = _rows(conninfo)
 
     def command(*args: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "portability.ledger_migrations", *args], capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-m", "portability.resources.ledger_migrations", *args],
+                                capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
@@ -472,7 +472,7 @@ def test_the_ledger_migrations_command_shows_and_upgrades_the_version(new_databa
 
 
 def test_a_ledger_at_a_revision_this_release_does_not_know_is_refused_untouched(new_database):
-    from portability import ledger
+    from portability.resources import ledger
 
     conninfo = new_database()
     with ledger.connect():

@@ -16,7 +16,7 @@ PIECE_ROWS = 15  # the e2e accounts have 40 or 300 contacts and more list member
 
 def _archive(store, plan: dict, snapshot: dict, shard_rows: int, reverse: bool) -> tuple[bytes, int]:
     """Export the staged snapshot with one shard grouping, shards run in the given order; the archive's bytes."""
-    from portability import export
+    from portability.pipeline import export
 
     current = {**plan, "shard_rows": shard_rows}
     work = [shard for category in plan["categories"] for shard in export.shards(current, snapshot, category)]
@@ -30,7 +30,7 @@ def _archive(store, plan: dict, snapshot: dict, shard_rows: int, reverse: bool) 
 
 def staged_route_archive(store, conf: dict) -> bytes:
     """The archive of `conf` exported as the DAG does: snapshot staged, one shard per piece, run in reverse."""
-    from portability import export
+    from portability.pipeline import export
 
     plan = export.plan(conf, str(uuid.uuid4()))
     snapshot = export.take_snapshot(plan)
@@ -42,7 +42,7 @@ def staged_route_archive(store, conf: dict) -> bytes:
 
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
 def test_sharded_archive_is_byte_identical(seeded, store, db, monkeypatch, tmp_path, account):
-    from portability import export
+    from portability.pipeline import export
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", str(PIECE_ROWS))
     plan = export.plan({"account_id": account, "formats": ALL_FORMATS}, str(uuid.uuid4()))
@@ -69,8 +69,8 @@ def test_sharded_archive_is_byte_identical(seeded, store, db, monkeypatch, tmp_p
 
 def test_dag_maps_a_big_category_over_shards(seeded, run_dag, store, db, tmp_path, monkeypatch):
     """Through Airflow: contacts in several mapped tasks, and the archive is complete and valid."""
-    from portability import export
-    from portability.request import export_id_for_run
+    from portability.pipeline import export
+    from portability.service.request import export_id_for_run
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "70")
     monkeypatch.setenv("PORTABILITY_SHARD_ROWS", "140")
@@ -105,7 +105,7 @@ def _data_entries(archive: bytes) -> dict[str, tuple[int, int, bytes]]:
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
 def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store, monkeypatch, account):
     """The command reads, validates and writes in one pass; its data files equal the staged route's, byte for byte."""
-    from portability import export
+    from portability.pipeline import export
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", str(PIECE_ROWS))
     conf = {"account_id": account, "formats": ["csv", "jsonl"]}

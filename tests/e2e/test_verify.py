@@ -110,7 +110,7 @@ def line_of(files, path: str, number: int) -> dict:
 
 def verify_error(path):
     """The VerificationError that verify raises on the archive (its message and its report)."""
-    from portability.verify import VerificationError, verify
+    from portability.archive.verify import VerificationError, verify
 
     with pytest.raises(VerificationError) as failed:
         verify(str(path))
@@ -118,7 +118,7 @@ def verify_error(path):
 
 
 def test_every_record_of_every_file_is_checked_and_nearly_none_by_jsonschema(archive):
-    from portability.verify import verify
+    from portability.archive.verify import verify
 
     report = verify(str(archive["path"]))
     counts = archive["summary"]["counts"]

@@ -105,8 +105,9 @@ def is_formula(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def awkward_export(seeded, tmp_path_factory, source_dsn):
-    from portability import config, export
-    from portability.storage import ObjectStore
+    from portability.pipeline import export
+    from portability.resources import config
+    from portability.resources.storage import ObjectStore
 
     with psycopg.connect(source_dsn) as conn:
         conn.execute("SET TimeZone = 'UTC'")
@@ -182,7 +183,7 @@ def test_the_corpus_reaches_every_plane_and_the_formula_guard(awkward_export):
 
 
 def test_awkward_archive_passes_bagit_frictionless_and_verify(awkward_export, db):
-    from portability import verify
+    from portability.archive import verify
 
     check_standard_tools(awkward_export["root"])
     assert check_no_secrets(awkward_export["root"], db)
@@ -200,7 +201,7 @@ UNREPRESENTABLE = {  # what PostgreSQL stores but RFC 3339, or the tools that re
 
 def test_timestamps_no_format_can_hold_are_quarantined_showing_the_source_value(seeded, db, store, tmp_path,
                                                                                      tally):
-    from portability import export
+    from portability.pipeline import export
 
     account = "timeedge-00001"
     db.execute("INSERT INTO accounts (id, name, owner_email, region, plan, created_at) "

@@ -37,7 +37,7 @@ def planted(store_env):
     """
     import psycopg
 
-    from portability import config
+    from portability.resources import config
     from portability_dev.seed import SeedOptions, seed
 
     with psycopg.connect(config.source_settings().conninfo) as db:
@@ -138,7 +138,7 @@ def _check(root, archive, planted: dict, db) -> None:
 @pytest.mark.parametrize("formats", [["csv", "jsonl"], ["jsonl", "parquet"]], ids=["one-pass", "staged"])
 def test_rows_pointing_at_another_accounts_rows_are_quarantined_with_the_reason_and_counted(
         planted, db, store, tmp_path, formats):
-    from portability import export
+    from portability.pipeline import export
 
     summary = export.run_export({"account_id": A, "categories": CATEGORIES, "formats": formats}, str(uuid.uuid4()))
     root, archive = _archive(store, summary, tmp_path)
@@ -149,8 +149,8 @@ def test_rows_pointing_at_another_accounts_rows_are_quarantined_with_the_reason_
 
 
 def test_the_dag_quarantines_them_too(planted, run_dag, db, store, tmp_path):
-    from portability import export
-    from portability.request import export_id_for_run
+    from portability.pipeline import export
+    from portability.service.request import export_id_for_run
 
     run = run_dag({"account_id": A, "categories": CATEGORIES, "formats": ["jsonl", "parquet"]})
     assert run["state"] == "success", run["output"][-4000:]
@@ -160,8 +160,8 @@ def test_the_dag_quarantines_them_too(planted, run_dag, db, store, tmp_path):
 
 
 def test_with_on_invalid_fail_a_row_pointing_outside_the_account_fails_the_run(planted, store):
-    from portability import export
-    from portability.validation import InvalidRecords
+    from portability.pipeline import export
+    from portability.records.validation import InvalidRecords
 
     export_id = str(uuid.uuid4())
     with pytest.raises(InvalidRecords) as failed:
@@ -175,7 +175,8 @@ def test_with_on_invalid_fail_a_row_pointing_outside_the_account_fails_the_run(p
 def test_a_mapping_whose_query_drops_rows_fails_the_export_naming_both_counts(planted, db, store, tmp_path,
                                                                               monkeypatch):
     """Another ESP's mapping with an inner join: the rows it loses would be missing from the archive."""
-    from portability import config, export
+    from portability.pipeline import export
+    from portability.resources import config
 
     reference = config.mapping_path().read_text(encoding="utf-8")
     inner = reference.replace("LEFT JOIN contacts c", "JOIN contacts c")

@@ -29,7 +29,7 @@ def _staged(store, bucket: str, export_id: str) -> list[str]:
 
 
 def test_export_completes_through_s3_errors_and_throttling(seeded, store, faulty_s3):
-    from portability import export
+    from portability.pipeline import export
 
     clean = export.run_export({"account_id": ACCOUNT}, str(uuid.uuid4()))
     faulty_s3.fail_transiently(0.15)  # 503 SlowDown or 500 InternalError on every call's first try, 15% of retries
@@ -43,8 +43,8 @@ def test_export_completes_through_s3_errors_and_throttling(seeded, store, faulty
 
 
 def test_a_persistent_s3_fault_fails_cleanly_and_publishes_nothing(seeded, store, faulty_s3):
-    from portability import export
-    from portability.storage import StorageError
+    from portability.pipeline import export
+    from portability.resources.storage import StorageError
 
     faulty_s3.fails = lambda method, path, *attempt: "/exports/" in path  # the archive can never be written
     export_id = str(uuid.uuid4())
@@ -57,8 +57,8 @@ def test_a_persistent_s3_fault_fails_cleanly_and_publishes_nothing(seeded, store
 
 def test_racing_runs_publish_exactly_one_archive(seeded, store, tally):
     """Three packaging tasks of the same export at once (a duplicate trigger, a zombie task)."""
-    from portability import export
-    from portability.storage import StorageError
+    from portability.pipeline import export
+    from portability.resources.storage import StorageError
 
     plan = export.plan({"account_id": ACCOUNT, "formats": ["csv", "jsonl", "parquet"]}, str(uuid.uuid4()))
     snapshot = export.take_snapshot(plan)
@@ -93,7 +93,7 @@ def test_racing_runs_publish_exactly_one_archive(seeded, store, tally):
 
 _SLOW_SHARD = """
 import json, sys, time
-import portability.pieces as pieces
+import portability.pipeline.pieces as pieces
 export_piece = pieces.export_piece
 
 def slowly(*args, **kwargs):  # a piece every half second, so the kill lands in the middle of the category
@@ -102,7 +102,7 @@ def slowly(*args, **kwargs):  # a piece every half second, so the kill lands in 
     return result
 
 pieces.export_piece = slowly
-from portability import export
+from portability.pipeline import export
 plan, snapshot, shard = json.loads(sys.argv[1])
 export.export_shard(plan, snapshot, shard)
 """
@@ -110,7 +110,7 @@ export.export_shard(plan, snapshot, shard)
 
 def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_archive(seeded, store, monkeypatch,
                                                                                      tally):
-    from portability import export
+    from portability.pipeline import export
 
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "20")
     plan = export.plan({"account_id": ACCOUNT}, str(uuid.uuid4()))
@@ -155,7 +155,7 @@ def _seed_one(db, prefix: str, contacts: int) -> str:
 
 def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snapshot(seeded, store, db,
                                                                                      monkeypatch, tally):
-    from portability import export
+    from portability.pipeline import export
 
     account = _seed_one(db, "drop", 50_000)  # enough rows that each COPY is still streaming when it is cut
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "10000")
@@ -190,7 +190,7 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
 
 def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path, tally):
     """The archive reflects the snapshot's instant, whatever is written to the source while it is read."""
-    from portability import export
+    from portability.pipeline import export
     from tests.archive_checks import jsonl, unpack
 
     account = _seed_one(db, "change", 200)

@@ -27,8 +27,8 @@ def test_commands_refuse_ids_that_are_not_uuids(store_env, command, named, tally
 
 
 def test_the_library_refuses_an_export_id_that_is_not_a_uuid_before_any_read(store_env, tally):
-    from portability import export
-    from portability.request import RequestError
+    from portability.pipeline import export
+    from portability.service.request import RequestError
 
     for hostile in TRAVERSALS:
         with pytest.raises(RequestError, match="invalid export id"):
@@ -39,8 +39,8 @@ def test_the_library_refuses_an_export_id_that_is_not_a_uuid_before_any_read(sto
 @pytest.mark.parametrize("run_id", ["../../exports/x", "manual__2026-01-01T00:00:00+00:00/../..", "a" * 250,
                                     "run\nid", "\u202e../"])
 def test_a_dag_run_id_never_reaches_a_key_only_its_uuid5_does(run_id, tally):
-    from portability import keys
-    from portability.request import export_id_for_run
+    from portability.resources import keys
+    from portability.service.request import export_id_for_run
 
     export_id = export_id_for_run("account_export", run_id)
     assert UUID.fullmatch(export_id)

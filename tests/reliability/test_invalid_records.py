@@ -35,7 +35,7 @@ FIRST = {
 
 def test_every_kind_of_invalid_record_is_quarantined_with_its_reason_and_every_category_reconciles(
         seeded, db, store, tmp_path):
-    from portability import export
+    from portability.pipeline import export
     from portability_dev.seed import SeedOptions, seed
 
     [account] = seed(db, SeedOptions(accounts=1, contacts=60, prefix="invalid", large_html_bytes=0))

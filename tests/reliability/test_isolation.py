@@ -59,7 +59,7 @@ def _insert(db, account_id: str, data: dict) -> None:
                                                                 HealthCheck.too_slow])
 @given(accounts=st.lists(account_data, min_size=2, max_size=3))
 def test_no_row_of_one_account_in_anothers_export(seeded, db, store, tmp_path_factory, accounts):
-    from portability import export
+    from portability.pipeline import export
 
     prefix = f"iso{uuid.uuid4().hex[:8]}"
     ids = [f"{prefix}-{n}" for n in range(len(accounts))]

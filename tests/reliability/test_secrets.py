@@ -48,7 +48,7 @@ def debug_logs(caplog):
 
 
 def test_a_wrong_s3_secret_key_fails_without_showing_it(seeded, monkeypatch, debug_logs, tally):
-    from portability import export
+    from portability.pipeline import export
 
     monkeypatch.setenv("AIRFLOW_CONN_PORTABILITY_S3", with_password("AIRFLOW_CONN_PORTABILITY_S3", password=SECRET))
     with pytest.raises(Exception) as failure:
@@ -59,7 +59,7 @@ def test_a_wrong_s3_secret_key_fails_without_showing_it(seeded, monkeypatch, deb
 
 
 def test_an_unreachable_source_fails_without_showing_its_password(seeded, monkeypatch, debug_logs, tally):
-    from portability import export
+    from portability.pipeline import export
 
     monkeypatch.setenv("AIRFLOW_CONN_PORTABILITY_SOURCE",
                        with_password("AIRFLOW_CONN_PORTABILITY_SOURCE", password=SECRET, port=closed_port()))
@@ -83,7 +83,7 @@ def test_an_unreachable_ledger_fails_without_showing_its_password(seeded, monkey
 
 
 def test_a_failed_email_shows_neither_the_link_nor_the_smtp_password(monkeypatch, debug_logs, tally):
-    from portability import delivery
+    from portability.resources import delivery
 
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": closed_port(), "login": "mailer", "password": SECRET,
@@ -101,7 +101,7 @@ def test_a_failed_email_shows_neither_the_link_nor_the_smtp_password(monkeypatch
 
 
 def test_a_failed_webhook_shows_neither_the_link_nor_the_signing_secret(monkeypatch, debug_logs, tally):
-    from portability import delivery
+    from portability.resources import delivery
 
     class AlwaysFailing(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's naming)
@@ -128,7 +128,7 @@ def test_a_failed_webhook_shows_neither_the_link_nor_the_signing_secret(monkeypa
 
 
 def test_an_invalid_record_that_fails_the_run_is_named_by_id_not_by_its_values(seeded, debug_logs):
-    from portability import export
+    from portability.pipeline import export
     from tests.conftest import BAD_ACCOUNT, BAD_CONTACT_EMAIL
 
     with pytest.raises(Exception) as failure:

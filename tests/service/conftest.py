@@ -96,7 +96,7 @@ def _create_database(name: str) -> str:
     import psycopg
     from psycopg import sql
 
-    from portability import config
+    from portability.resources import config
 
     with psycopg.connect(config.source_settings().conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -180,6 +180,6 @@ def _wait_until_ready(port: int, password: str, log_path: Path, process: subproc
 @pytest.fixture
 def api(airflow_server):
     """An Airflow REST client logged in as the test user."""
-    from portability.airflow_api import AirflowApi
+    from portability.resources.airflow_api import AirflowApi
 
     return AirflowApi(f"http://127.0.0.1:{airflow_server['port']}", "portability", airflow_server["password"])

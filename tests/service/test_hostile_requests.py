@@ -78,7 +78,7 @@ def _task_states(api, headers, run_id: str) -> dict:
 
 
 def test_hostile_confs_are_refused_naming_the_field_before_any_source_read(airflow_server, api, store, tally):
-    from portability.request import export_id_for_run
+    from portability.service.request import export_id_for_run
 
     headers = {"Authorization": f"Bearer {api.token()}"}
     url = f"{api.base_url}/api/v2/dags/account_export/dagRuns"

@@ -100,8 +100,8 @@ def test_residency_the_eu_archive_is_only_in_the_eu_bucket(requested, store):
 
 
 def test_webhook_is_signed_and_retried(requested, webhook):
-    from portability import ledger
-    from portability.delivery import NOTIFICATION_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, verify_signature
+    from portability.resources import ledger
+    from portability.resources.delivery import NOTIFICATION_ID_HEADER, WEBHOOK_SIGNATURE_HEADER, verify_signature
 
     calls = [c for c in webhook.calls if json.loads(c["body"])["export_id"] == requested["result"]["export_id"]]
     assert len(calls) >= 2  # the receiver answered 503 first: the notice was retried
@@ -117,8 +117,8 @@ def test_webhook_is_signed_and_retried(requested, webhook):
 
 
 def test_the_email_carries_the_notifications_id(requested, mailbox):
-    from portability import ledger
-    from portability.delivery import NOTIFICATION_ID_HEADER
+    from portability.resources import ledger
+    from portability.resources.delivery import NOTIFICATION_ID_HEADER
 
     expected = ledger.notification_id(requested["result"]["request_id"], "export.ready")
     [message] = mailbox.wait_for(lambda m: m[NOTIFICATION_ID_HEADER] == expected)
@@ -137,8 +137,8 @@ def test_same_idempotency_key_twice_gives_one_export(requested, airflow_server, 
 def test_a_run_triggered_with_plain_rest_calls_is_recorded_and_notifies(airflow_server, api, mailbox):
     """What the README documents for callers without the command: POST /api/v2/dags/account_export/dagRuns."""
     from portability import service
-    from portability.ledger import connect
-    from portability.request import export_id_for_run
+    from portability.resources.ledger import connect
+    from portability.service.request import export_id_for_run
 
     run_id = f"crm-ticket-{uuid.uuid4()}"
     conf = {"account_id": US_ACCOUNT, "categories": ["contacts", "suppressions"], "formats": ["jsonl"],
@@ -170,9 +170,10 @@ def test_revoked_archive_link_is_refused(requested, airflow_server):
 
 def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(airflow_server, api, store,
                                                                              mailbox, monkeypatch):
-    from portability import ledger, service
-    from portability.request import parse_request
-    from portability.schemas import SchemaSet
+    from portability import service
+    from portability.records.schemas import SchemaSet
+    from portability.resources import ledger
+    from portability.service.request import parse_request
 
     summary, request_id = service.export_now({"account_id": US_ACCOUNT, "categories": ["domains"]})
     link = service.link(summary["export_id"], 1, request_id=request_id)

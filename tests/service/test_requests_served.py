@@ -40,8 +40,8 @@ def test_the_trigger_forms_defaults_export_through_the_rest_api(airflow_server, 
     import requests
 
     from portability import service
-    from portability.ledger import connect
-    from portability.request import export_id_for_run
+    from portability.resources.ledger import connect
+    from portability.service.request import export_id_for_run
 
     details = requests.get(f"{api.base_url}/api/v2/dags/account_export/details",
                            headers={"Authorization": f"Bearer {api.token()}"}, timeout=30).json()
@@ -62,7 +62,7 @@ def test_the_trigger_forms_defaults_export_through_the_rest_api(airflow_server, 
 def test_a_request_after_the_command_was_killed_mid_export_is_served(airflow_server):
     """kill -9 of `portability export` leaves its export 'running' in the ledger: a request for the account must
     not wait on it for ever, but be served by a new export, and the dead one is marked failed with why."""
-    from portability import ledger
+    from portability.resources import ledger
 
     account = "e2e-00001"
     env = {**airflow_server["env"], "PORTABILITY_LEASE_SECONDS": "4"}

@@ -36,7 +36,7 @@ def scheduled_accounts(airflow_server, source_dsn):
 def test_scheduled_run_exports_199_accounts_and_reports_the_broken_one(scheduled_accounts, airflow_server, api):
     import requests
 
-    from portability.ledger import connect
+    from portability.resources.ledger import connect
 
     headers = {"Authorization": f"Bearer {api.token()}"}
     # The pool the README's set-up creates: at most 2 exports read the source at once.

@@ -18,8 +18,8 @@ from functools import cache
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from portability.records import render_timestamp
-from portability.schemas import BOOLEAN, INTEGER, JSON, STRING, STRING_LIST, TIMESTAMP, SchemaSet, arrow_schema
+from portability.records.schemas import BOOLEAN, INTEGER, JSON, STRING, STRING_LIST, TIMESTAMP, SchemaSet, arrow_schema
+from portability.records.values import render_timestamp
 
 # PORTABILITY_HYPOTHESIS_SCALE=20 multiplies every example count, for a long bug hunt.
 SCALE = float(os.environ.get("PORTABILITY_HYPOTHESIS_SCALE", "1"))

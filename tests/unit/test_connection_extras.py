@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from portability import config, storage
+from portability.resources import config, storage
 
 SECRET = "PLANTEDSECRET-9c1e"
 

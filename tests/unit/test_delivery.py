@@ -6,8 +6,8 @@ import hashlib
 import hmac
 import json
 
-from portability.delivery import email_body, ready_notice, sign, verify_signature
-from portability.export import Link
+from portability.pipeline.export import Link
+from portability.resources.delivery import email_body, ready_notice, sign, verify_signature
 
 SECRET = b"whsec-unit"
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from portability.mapping import MappingError, Reference, check_references, load_mapping
-from portability.rendering import RenderedBatch
-from portability.schemas import SchemaSet, arrow_schema
-from portability.validation import BatchValidator
+from portability.records.rendering import RenderedBatch
+from portability.records.schemas import SchemaSet, arrow_schema
+from portability.records.validation import BatchValidator
+from portability.resources.mapping import MappingError, Reference, check_references, load_mapping
 
 SCHEMAS = SchemaSet()
 REFERENCE = load_mapping()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portability.parts import FINAL_NUMBERS, MAX_PARTS, ROUTER_NUMBERS, allot_numbers
+from portability.archive.parts import FINAL_NUMBERS, MAX_PARTS, ROUTER_NUMBERS, allot_numbers
 
 KINDS = ["csv", "jsonl", "errors"]
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portability.export import cut_pieces
-from portability.readahead import read_ahead
+from portability.pipeline.export import cut_pieces
+from portability.resources.readahead import read_ahead
 
 
 def _batches(sizes: list[int]) -> list[pa.RecordBatch]:

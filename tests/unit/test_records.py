@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from portability.records import neutralise_formula, render_timestamp
-from portability.schemas import Column
+from portability.records.schemas import Column
+from portability.records.values import neutralise_formula, render_timestamp
 
 
 @pytest.mark.parametrize(
@@ -43,8 +43,8 @@ COLUMNS = [Column("id", "integer", False), Column("name", "string", True), Colum
 def rendered(rows: list[list], source_json: frozenset = frozenset()):
     import pyarrow as pa
 
-    from portability.rendering import RenderedBatch
-    from portability.schemas import arrow_schema
+    from portability.records.rendering import RenderedBatch
+    from portability.records.schemas import arrow_schema
 
     schema = arrow_schema(COLUMNS, source_json)
     arrays = [pa.array(list(values), type=f.type.storage_type if isinstance(f.type, pa.JsonType) else f.type)
@@ -55,7 +55,7 @@ def rendered(rows: list[list], source_json: frozenset = frozenset()):
 
 
 def test_json_lines_keep_the_exact_json_text():
-    from portability.rendering import json_lines
+    from portability.records.rendering import json_lines
 
     source = '{"b": 1.10, "a": [1, 2], "big": 12345678901234567890}'
     (line,) = json_lines(rendered([[1, "Zoë\n\"q\"", source, ["x,y"], None, True]])).to_pylist()
@@ -65,7 +65,7 @@ def test_json_lines_keep_the_exact_json_text():
 
 
 def test_csv_cells_render_nested_values_as_json():
-    from portability.rendering import csv_batch
+    from portability.records.rendering import csv_batch
 
     at = datetime(2024, 1, 2, tzinfo=UTC)
     cells = csv_batch(rendered([[1, "=1+1", "{}", ["a", "b"], at, False]])).to_pylist()
@@ -74,7 +74,7 @@ def test_csv_cells_render_nested_values_as_json():
 
 
 def test_invalid_json_text_is_reported_not_raised():
-    from portability.validation import documents
+    from portability.records.validation import documents
 
     ((document, bad_json),) = documents(rendered([[1, None, "{not json", [], None, True]]), [0])
     assert bad_json == ["props"] and document["props"] == "{not json"

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portability import rendering
-from portability.records import neutralise_formula
-from portability.rendering import RenderedBatch
-from portability.schemas import BOOLEAN, INTEGER, JSON, STRING, STRING_LIST, TIMESTAMP
-from portability.validation import BatchValidator
+from portability.records import rendering
+from portability.records.rendering import RenderedBatch
+from portability.records.schemas import BOOLEAN, INTEGER, JSON, STRING, STRING_LIST, TIMESTAMP
+from portability.records.validation import BatchValidator
+from portability.records.values import neutralise_formula
 from tests.unit.record_batches import (
     CATEGORIES,
     INT64_MAX,

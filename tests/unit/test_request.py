@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from portability.request import RequestError, export_id_for_run, parse_request
-from portability.schemas import SchemaSet
+from portability.records.schemas import SchemaSet
+from portability.service.request import RequestError, export_id_for_run, parse_request
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from portability.schemas import SchemaSet
+from portability.records.schemas import SchemaSet
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILES = sorted((REPO / "schemas").rglob("*.schema.json"))
@@ -118,7 +118,7 @@ def test_columns_follow_the_schema(schemas):
 
 
 def test_manifest_schema_accepts_a_manifest(schemas):
-    from portability.packaging import build_manifest
+    from portability.archive.packaging import build_manifest
 
     plan = {"export_id": "6f1f5d2e-3f7b-5c53-9d1e-7a0c4b8e2a41", "account_id": "acme", "categories": ["contacts"],
             "formats": ["csv"]}

@@ -8,10 +8,11 @@ import io
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from portability import pieces, segments
-from portability.rendering import RenderedBatch, csv_batch
-from portability.schemas import SchemaSet, arrow_schema
-from portability.segments import FINAL_BLOCK, InflatingDigest, PipelinedWriter, SegmentWriter, combine
+from portability.archive import segments
+from portability.archive.segments import FINAL_BLOCK, InflatingDigest, PipelinedWriter, SegmentWriter, combine
+from portability.pipeline import pieces
+from portability.records.rendering import RenderedBatch, csv_batch
+from portability.records.schemas import SchemaSet, arrow_schema
 
 
 def _deflated(chunks: list[bytes], pipelined: bool) -> tuple[bytes, segments.Segment, str]:

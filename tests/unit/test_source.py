@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from portability.source import largest_step
+from portability.resources.source import largest_step
 
 
 def _node(node_type: str, rows: float, *children: dict, **extra) -> dict:

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portability import validation
-from portability.rendering import RenderedBatch
-from portability.schemas import JSON, TIMESTAMP
+from portability.records import validation
+from portability.records.rendering import RenderedBatch
+from portability.records.schemas import JSON, TIMESTAMP
 from tests.unit.record_batches import (
     CATEGORIES,
     INT64_MAX,

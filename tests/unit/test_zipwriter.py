@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from portability.zipwriter import ZIP64_LIMIT, ZipWriter
+from portability.archive.zipwriter import ZIP64_LIMIT, ZipWriter
 
 STAMP = (2026, 12, 7, 4, 29, 31)
 GIB = 1 << 30

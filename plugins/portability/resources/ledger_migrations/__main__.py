@@ -1,4 +1,4 @@
-"""Alembic's command line on the request ledger, with no alembic.ini: `python -m portability.ledger_migrations
+"""Alembic's command line on the request ledger, with no alembic.ini: `python -m portability.resources.ledger_migrations
 COMMAND`, e.g. `current` (the ledger's revision), `history`, `heads`, `upgrade head`, `upgrade head --sql`
 (the DDL, without touching the database), `revision -m "why"` (a new revision file in versions/; then set
 `ledger.SCHEMA_HEAD` to its id). It reaches the ledger through Airflow connection `portability_state`, as
@@ -13,9 +13,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from alembic.config import CommandLine
 
-    from portability import ledger
+    from portability.resources import ledger
 
-    cli = CommandLine(prog="python -m portability.ledger_migrations")
+    cli = CommandLine(prog="python -m portability.resources.ledger_migrations")
     options = cli.parser.parse_args(sys.argv[1:] if argv is None else argv)
     if not hasattr(options, "cmd"):
         cli.parser.error("too few arguments")

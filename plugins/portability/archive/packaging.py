@@ -19,11 +19,11 @@ from datetime import datetime
 from functools import partial
 
 from portability import __version__
-from portability.parts import ArchiveParts
-from portability.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
-from portability.schemas import SchemaSet, arrow_schema, table_schema
-from portability.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
-from portability.zipwriter import ZipWriter
+from portability.archive.parts import ArchiveParts
+from portability.archive.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
+from portability.archive.zipwriter import ZipWriter
+from portability.pipeline.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
+from portability.records.schemas import SchemaSet, arrow_schema, table_schema
 
 FORMAT_VERSION = "1.0"
 PARQUET_ROW_GROUP_ROWS = 128 * 1024
@@ -308,7 +308,7 @@ def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from portability.rendering import unwrapped
+    from portability.records.rendering import unwrapped
 
     schema = arrow_schema(schemas.columns(category), staged=False)
     with archive.open_stored(name) as target:

@@ -14,7 +14,7 @@ import html
 import json
 import time
 
-from portability import config
+from portability.resources import config
 
 WEBHOOK_SIGNATURE_HEADER = "Portability-Signature"
 WEBHOOK_ATTEMPTS = 5
@@ -52,7 +52,7 @@ def email_body(notice: dict) -> tuple[str, str]:
         f"<td align=right>{c['quarantined']:,}</td></tr>"
         for category, c in notice["counts"].items()
     )
-    from portability.keys import archive_name
+    from portability.resources.keys import archive_name
 
     name = html.escape(archive_name(notice["account_id"], notice["export_id"]))
     subject = f"Your data export of account {notice['account_id']} is ready"

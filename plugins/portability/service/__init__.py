@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from portability import config, export, keys, ledger
-from portability.request import RequestError, export_id_for_run, parse_request
-from portability.schemas import SchemaSet
+from portability.pipeline import export
+from portability.records.schemas import SchemaSet
+from portability.resources import config, keys, ledger
+from portability.service.request import RequestError, export_id_for_run, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def deliver(summary: dict) -> dict:
     'ready'. A failed channel is recorded on the request and raised, so the task retries; those
     already told are not told again.
     """
-    from portability.delivery import DeliveryError, post_webhook, ready_notice, send_email
+    from portability.resources.delivery import DeliveryError, post_webhook, ready_notice, send_email
 
     with ledger.connect() as conn:
         ledger.finish(conn, summary, config.retention())
@@ -289,7 +290,7 @@ def _link(record: dict, hours: int) -> export.Link:
     if seconds < 60:
         raise export.ExportError(f"export {record['export_id']} is about to be deleted (retention ends "
                                  f"{record['retain_until']:%Y-%m-%d %H:%M} UTC): request a new export")
-    from portability.storage import ObjectStore
+    from portability.resources.storage import ObjectStore
 
     store = ObjectStore(config.storage_settings())
     return export.presigned_link(store, {"bucket": record["bucket"], "key": record["archive_key"]}, seconds)
@@ -319,7 +320,7 @@ def expire_past_retention(now: datetime | None = None) -> dict:
 
 
 def _delete_archive(record: dict) -> int:
-    from portability.storage import ObjectStore
+    from portability.resources.storage import ObjectStore
 
     if not record["bucket"] or not record["archive_key"]:
         return 0
@@ -329,7 +330,7 @@ def _delete_archive(record: dict) -> int:
 
 def apply_lifecycle_rules() -> dict:
     """The storage's own backstop: archives and staging expire even if the cleanup DAG stops running."""
-    from portability.storage import ObjectStore
+    from portability.resources.storage import ObjectStore
 
     settings = config.storage_settings()
     store = ObjectStore(settings)
@@ -363,7 +364,7 @@ def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = No
     holds a request not alerted in the last DEADLINE_ALERT_QUIET, so that a retried, repeated or concurrent
     run does not send the same list again. Exports under way that died are marked failed first, so that
     their requests show as failed instead of waiting for ever."""
-    from portability.delivery import send_deadline_alert
+    from portability.resources.delivery import send_deadline_alert
 
     to = config.privacy_team_email()
     with ledger.connect() as conn:

@@ -206,7 +206,7 @@ def storage_settings() -> StorageSettings:
 def schemas_dir() -> Path:
     """Where the JSON Schemas live: PORTABILITY_SCHEMAS_DIR, else the checkout's `schemas/`."""
     configured = os.environ.get("PORTABILITY_SCHEMAS_DIR")
-    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "schemas"
+    path = Path(configured) if configured else Path(__file__).resolve().parents[3] / "schemas"
     if not (path / "export_request.schema.json").is_file():
         raise ConfigurationError(
             f"JSON Schemas not found in {path}: set PORTABILITY_SCHEMAS_DIR to the project's schemas/ folder"

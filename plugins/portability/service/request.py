@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from portability.schemas import SchemaSet
+from portability.records.schemas import SchemaSet
 
 MAX_REQUEST_BYTES = 16_384
 MAX_REQUEST_DEPTH = 8  # the schema needs 2 (a list of names); anything deeper is hostile

@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from portability import config
+from portability.resources import config
 
 
 class MappingError(RuntimeError):

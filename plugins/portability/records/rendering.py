@@ -14,7 +14,7 @@ from functools import cache
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST, TIMESTAMP, Column
+from portability.records.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST, TIMESTAMP, Column
 
 # JSON text must escape '"', '\' and the C0 controls; nothing else needs it (ensure_ascii=False).
 _NEEDS_ESCAPE = r'[\x00-\x1f"\\]'

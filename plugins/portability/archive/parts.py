@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import BinaryIO
 
-from portability.readahead import read_ahead
-from portability.storage import MIN_PART_BYTES, ObjectStore, PartUpload, StorageError
+from portability.resources.readahead import read_ahead
+from portability.resources.storage import MIN_PART_BYTES, ObjectStore, PartUpload, StorageError
 
 EDGE_BYTES = MIN_PART_BYTES     # a big file's kept head, and the least its kept tail holds
 MIDDLE_BYTES = 8 * 1024 * 1024  # a part sent while the file is written: 10,000 of them make 80 GB

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from portability.config import StorageSettings
+from portability.resources.config import StorageSettings
 
 MIN_PART_BYTES = 5 * 1024 * 1024      # S3's smallest part, except an upload's last
 PART_BYTES = MIN_PART_BYTES           # staged pieces are bounded, so 10,000 parts suffice
@@ -119,7 +119,7 @@ class _S3Clients:
     @classmethod
     def of(cls, connection) -> _S3Clients:
         if connection is None:
-            from portability.config import STORAGE_CONN_ID, ConfigurationError
+            from portability.resources.config import STORAGE_CONN_ID, ConfigurationError
 
             raise ConfigurationError(f"no Airflow connection {STORAGE_CONN_ID!r} was read for object storage")
         fingerprint = _fingerprint(connection)
@@ -385,7 +385,7 @@ def explain(exc: BaseException) -> str:
         ReadTimeoutError,
     )
 
-    from portability.config import STORAGE_CONN_ID
+    from portability.resources.config import STORAGE_CONN_ID
 
     where = f"Airflow connection {STORAGE_CONN_ID!r}"
     if isinstance(exc, StorageError):

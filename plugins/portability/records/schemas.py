@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from portability import config
+from portability.resources import config
 
 # Column kinds, from the JSON types of a record property.
 STRING, INTEGER, NUMBER, BOOLEAN, TIMESTAMP, JSON, STRING_LIST = (

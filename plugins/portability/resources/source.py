@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from portability import config
-from portability.mapping import CategoryQuery, MappingError
-from portability.schemas import Column, arrow_schema
+from portability.records.schemas import Column, arrow_schema
+from portability.resources import config
+from portability.resources.mapping import CategoryQuery, MappingError
 
 # PostgreSQL types whose text PostgreSQL itself guarantees to be valid JSON.
 JSON_TYPES = ("json", "jsonb")

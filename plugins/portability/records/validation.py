@@ -19,9 +19,19 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from portability.patterns import to_re2
-from portability.rendering import RenderedBatch, list_items, parse_json
-from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST, TIMESTAMP, Column, SchemaSet
+from portability.records.patterns import to_re2
+from portability.records.rendering import RenderedBatch, list_items, parse_json
+from portability.records.schemas import (
+    BOOLEAN,
+    INTEGER,
+    JSON,
+    NUMBER,
+    STRING,
+    STRING_LIST,
+    TIMESTAMP,
+    Column,
+    SchemaSet,
+)
 
 _MESSAGE_LIMIT = 500
 _INT64 = (-(2**63), 2**63 - 1)

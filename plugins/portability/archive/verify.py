@@ -31,7 +31,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from portability.schemas import STRING, TIMESTAMP, Column, SchemaSet
+from portability.records.schemas import STRING, TIMESTAMP, Column, SchemaSet
 
 _CHUNK = 1024 * 1024            # compressed bytes read at a time, and download chunks
 _INFLATED = 4 * 1024 * 1024     # at most this many inflated bytes from one call, so a bomb cannot swell memory
@@ -375,7 +375,7 @@ class _Records:
 
     def __init__(self, category: str, schema_path: str, schema: dict):
         self.category, self.schema_path, self.schema = category, schema_path, schema
-        from portability.validation import BatchValidator
+        from portability.records.validation import BatchValidator
 
         text_schemas = _ArchiveSchemas(schema, timestamps_as_text=True)
         self.full = text_schemas.validator(schema)
@@ -393,7 +393,7 @@ class _Records:
         """msgspec's decoder of a block of lines into records of exactly the schema's keys and types."""
         import msgspec
 
-        from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST
+        from portability.records.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING, STRING_LIST
 
         int64 = msgspec.Meta(ge=_INT64[0], le=_INT64[1])
         types = {STRING: str | None, INTEGER: Annotated[int, int64] | None, NUMBER: float | None,
@@ -494,7 +494,7 @@ def _check_block(block: bytes, first_line: int, lines: int, records: _Records, f
         for number in numbers:
             _judge_line(texts[number - first_line], number, records, found)
         return
-    from portability.rendering import RenderedBatch
+    from portability.records.rendering import RenderedBatch
 
     verdict = records.lines_validator.check(RenderedBatch(batch, records.columns))
     found.judged_in_full += getattr(verdict, "suspects", 0)
@@ -515,7 +515,7 @@ def _records_batch(decoded: list, columns) -> object | None:
 
     import pyarrow as pa
 
-    from portability.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING_LIST
+    from portability.records.schemas import BOOLEAN, INTEGER, JSON, NUMBER, STRING_LIST
 
     types = {INTEGER: pa.int64(), NUMBER: pa.float64(), BOOLEAN: pa.bool_(), STRING_LIST: pa.list_(pa.string())}
     arrays = []
@@ -542,7 +542,7 @@ def _judge_lines(block: bytes, first_line: int, records: _Records, found: _FileC
 
 def _judge_line(text: bytes, number: int, records: _Records, found: _FileCheck) -> None:
     """One line judged by jsonschema alone (it did not decode into the record's shape)."""
-    from portability.rendering import parse_json
+    from portability.records.rendering import parse_json
 
     found.judged_in_full += 1
     where = f"line {number}"
@@ -582,8 +582,8 @@ def _check_parquet(archive: _Zip, relative: str, records: _Records | None) -> _F
             if parquet.schema_arrow.names != names:
                 found.unreadable = f"its columns are {parquet.schema_arrow.names}, the schema's are {names}"
                 return found
-            from portability.rendering import RenderedBatch
-            from portability.schemas import arrow_schema
+            from portability.records.rendering import RenderedBatch
+            from portability.records.schemas import arrow_schema
 
             expected = arrow_schema(validator.columns, staged=True)
             first = 0
@@ -625,7 +625,7 @@ def _parquet_column(array, expected_type, column):
     validator to parse and judge."""
     import pyarrow as pa
 
-    from portability.schemas import JSON
+    from portability.records.schemas import JSON
 
     if column.kind == JSON:
         storage = array.cast(pa.string())
@@ -704,7 +704,7 @@ def _count_lines(chunks: Iterable[bytes]) -> _FileCheck:
 
 def verify_archive(archive_path: Path) -> dict:
     """Verify a local ZIP without extracting it; returns a report, raises VerificationError."""
-    from portability.readahead import read_ahead
+    from portability.resources.readahead import read_ahead
 
     archive = _Zip(Path(archive_path))
     bag_problems: list[str] = []

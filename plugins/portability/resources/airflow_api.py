@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from portability import config
+from portability.resources import config
 
 AIRFLOW_CONN_ID = "portability_airflow"
 TIMEOUT_SECONDS = 30

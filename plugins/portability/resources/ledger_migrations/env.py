@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from portability.ledger import SCHEMA_LOCK_SQL, VERSION_TABLE
+from portability.resources.ledger import SCHEMA_LOCK_SQL, VERSION_TABLE
 
 config = context.config
 
@@ -28,7 +28,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from portability.ledger import ledger_engine
+    from portability.resources.ledger import ledger_engine
 
     engine = ledger_engine(config.attributes.get("conninfo"))
     try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from portability.request import export_id_for_run
+from portability.service.request import export_id_for_run
 
 ACTIVE = ("requested", "running")
 STATES = ("requested", "running", "ready", "delivered", "expired", "failed", "cancelled")
@@ -72,7 +72,7 @@ def connect() -> Iterator:
     """A connection to the ledger's database, its schema upgraded to the newest revision if it is not there yet."""
     from psycopg.rows import dict_row
 
-    from portability import config
+    from portability.resources import config
 
     conninfo = config.state_settings().conninfo
     # Autocommit: each step's writes are one explicit transaction, so nothing stays locked between steps
@@ -113,7 +113,7 @@ def ledger_engine(conninfo: str | None = None):
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    from portability import config
+    from portability.resources import config
 
     conninfo = conninfo or config.state_settings().conninfo
     return create_engine("postgresql+psycopg://", poolclass=NullPool,
@@ -148,7 +148,7 @@ def _lock_account(conn, account_id: str) -> None:
 def submit(conn, request: dict, *, requested_by: str, notify_email: str | None = None,
            webhook_url: str | None = None, idempotency_key: str | None = None,
            run_state: RunState | None = None) -> Submission:
-    """Record a validated request (`portability.request.parse_request(...).to_dict()`).
+    """Record a validated request (`portability.service.request.parse_request(...).to_dict()`).
 
     The same idempotency key again gives the same request; a request for an account whose
     export is under way and alive, with options it covers, joins that export. `run_state`
@@ -256,7 +256,7 @@ def _widened(request: dict, dead: list[dict]) -> dict:
     """The request's options, widened to serve every requester moved over from the dead exports."""
     if not dead:
         return dict(request)
-    from portability.schemas import SchemaSet
+    from portability.records.schemas import SchemaSet
 
     properties = SchemaSet().request["properties"]
     wanted = {name: set(request[name]).union(*(row[name] for row in dead)) for name in ("categories", "formats")}
@@ -352,7 +352,7 @@ def start_in_process(conn, request: dict, *, requested_by: str, notify_email: st
                 _insert_request(conn, request_id, str(running["export_id"]), request, requested_by, notify_email,
                                 None, None, _waiting_state(running["state"]))
             return request_id, str(running["export_id"]), None
-        from portability.request import new_export_id
+        from portability.service.request import new_export_id
 
         export_id, options = new_export_id(), _widened(request, dead)
         _insert_export(conn, export_id, options, "running", None, lease=lease)

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from portability.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
-from portability.schemas import SchemaSet
-from portability.segments import LARGE_CHUNK_BYTES, PipelinedWriter, SegmentWriter
-from portability.validation import BatchValidator, InvalidRecords
+from portability.archive.segments import LARGE_CHUNK_BYTES, PipelinedWriter, SegmentWriter
+from portability.records.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
+from portability.records.schemas import SchemaSet
+from portability.records.validation import BatchValidator, InvalidRecords
 
 TEXT_FORMATS = ("csv", "jsonl")
 MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}

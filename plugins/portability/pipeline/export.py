@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from portability import config, keys
-from portability.mapping import Reference, check_references, load_mapping
-from portability.parts import ArchiveParts
-from portability.readahead import read_ahead
-from portability.records import render_timestamp
-from portability.request import RequestError, parse_request
-from portability.schemas import SchemaSet
-from portability.storage import ARCHIVE_PART_BYTES, AlreadyPublished, ObjectStore, StorageError
+from portability.archive.parts import ArchiveParts
+from portability.records.schemas import SchemaSet
+from portability.records.values import render_timestamp
+from portability.resources import config, keys
+from portability.resources.mapping import Reference, check_references, load_mapping
+from portability.resources.readahead import read_ahead
+from portability.resources.storage import ARCHIVE_PART_BYTES, AlreadyPublished, ObjectStore, StorageError
+from portability.service.request import RequestError, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def export_from_source(plan: dict, store: ObjectStore, parts: ArchiveParts) -> t
     route's, so the archive is too. Parquet is assembled from staged rows, so a request for it
     takes `take_snapshot` instead. Returns the snapshot and one shard result per category.
     """
-    from portability.pieces import TEXT_FORMATS
+    from portability.pipeline.pieces import TEXT_FORMATS
 
     exported: dict[str, dict] = {}
 
@@ -102,7 +102,8 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
     Categories are read on `_READERS` threads, the biggest first, each from its own connection.
     `on_open(where, estimated_rows)` is told where the export goes before any is read.
     """
-    from portability import memory, source
+    from portability.pipeline import memory
+    from portability.resources import source
 
     memory.limit_retention()
     schemas, mapping = SchemaSet(), load_mapping()
@@ -201,7 +202,7 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     """
     import hashlib
 
-    from portability.pieces import TEXT_FORMATS
+    from portability.pipeline.pieces import TEXT_FORMATS
 
     schemas = SchemaSet()
     kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
@@ -258,7 +259,7 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
 
     A process running many shards passes one `store`: each S3 client costs about a megabyte.
     """
-    from portability import memory
+    from portability.pipeline import memory
 
     memory.limit_retention()
     schemas = SchemaSet()
@@ -283,7 +284,7 @@ def _write_piece(plan: dict, category: str, piece: int, batches, schemas: Schema
 
     See `pieces.export_piece`.
     """
-    from portability.pieces import export_piece
+    from portability.pipeline.pieces import export_piece
 
     return export_piece(
         plan, category, piece, batches, schemas, store=store, bucket=bucket,
@@ -354,7 +355,8 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
 
     With `parts`, the text files' middles are already in that upload (the command's route).
     """
-    from portability import memory, packaging
+    from portability.archive import packaging
+    from portability.pipeline import memory
 
     memory.limit_retention()
     schemas = SchemaSet()
@@ -518,6 +520,6 @@ def _quietly(what: str, step: Callable, *args) -> None:
     try:
         step(*args)
     except Exception as exc:  # noqa: BLE001 (the first failure is the one raised)
-        from portability.storage import explain
+        from portability.resources.storage import explain
 
         log.info("could not %s after the export failed: %s", what, explain(exc))

@@ -1,0 +1,1 @@
+"""The export's steps: plan, snapshot, shards, package, cleanup."""

@@ -1,0 +1,1 @@
+"""Records: the JSON Schemas, their validation, and how values are rendered in each format."""
