@@ -1,13 +1,18 @@
 """account_export: one account's data, validated, packaged and published to its region's bucket.
 
 Triggered from the UI form, the REST API or other DAGs; the Params are the request schema
-(schemas/export_request.schema.json). Each task calls one step of `portability.pipeline.export` and
-passes small dicts (ids, counts, checksums); the data moves through a staging prefix in the
-region's bucket, so a retried task gives the same bytes. A big category is split into shards
-(dynamic task mapping over runs of key-ordered pieces) that any number of workers share; the
-archive is byte-for-byte the same however it was sharded. The `package` task's return value is
-the run's summary: export id, archive key, counts and sha256 (never the link). Each run is
-recorded in the request ledger (`portability.resources.ledger`): `deliver` sends the link to the
+(schemas/export_request.schema.json). Each task calls one step of `portability.pipeline.export`,
+the steps the `portability` command runs too, and passes the small typed records of
+`portability.pipeline.model` (ids, counts, checksums) as XCom values, never data.
+
+An account whose every category fits in one shard (`PORTABILITY_SHARD_ROWS`) is exported whole
+by `export_account`, as the command does it: read, validated and written in one pass, straight
+into the archive's upload. A bigger account is staged in the region's bucket and its shards
+(dynamic task mapping) are shared by any number of workers; `package` then assembles the archive.
+The archive is byte-for-byte the same on either route, however it was sharded.
+
+The run's summary (export id, archive key, counts and sha256; never the link) is the return
+value of `package`. Each run is recorded in the request ledger: `deliver` sends the link to the
 requesters, and a task that fails for good marks the request failed with its error.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from airflow.sdk import TaskGroup, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from portability.records.schemas import SchemaSet
 from portability.service.request import dag_params
@@ -47,88 +52,103 @@ def validate_request() -> dict:
 
     run = get_current_context()["dag_run"]
     try:
-        return service.begin(dict(run.conf or {}), run.dag_id, run.run_id, run_state=dag_run_state_in_task(run.dag_id))
+        plan = service.begin(dict(run.conf or {}), run.dag_id, run.run_id, run_state=dag_run_state_in_task(run.dag_id))
     except (RequestError, LedgerError) as exc:
         raise AirflowFailException(str(exc)) from None
+    return plan.to_xcom()
 
 
 @task
-def snapshot(plan: dict) -> dict:
-    """One consistent read of every requested category into staging."""
+def export_account(plan: dict) -> list[dict]:
+    """The whole export of an account that fits in one shard; for a bigger one, its snapshot staged and its shards.
+
+    Returns the shards to map `export_shard` over (none when the account was exported whole);
+    the summary or the snapshot go to the XCom keys "summary" and "snapshot".
+    """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from portability.pipeline import export
+    from portability.pipeline.model import Plan
 
-    if plan.get("joined"):
-        raise AirflowSkipException(f"export {plan['joined']} of this account is under way and covers this "
+    current, ti = Plan.from_xcom(plan), get_current_context()["ti"]
+    if current.joined:
+        raise AirflowSkipException(f"export {current.joined} of this account is under way and covers this "
                                    "request: it was added to that export's requesters")
-    if plan.get("cancelled"):
+    if current.cancelled:
         raise AirflowSkipException("the request was cancelled before its export started")
     try:
-        return export.take_snapshot(plan)
+        if not export.needs_shards(current):
+            ti.xcom_push("summary", export.export_in_process(current).to_xcom())
+            return []
+        snap = export.take_snapshot(current)
     except export.AccountNotFound as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot make the account appear
-
-
-@task
-def shards_of(plan: dict, snap: dict, category: str) -> list[dict | None]:
-    """Split a category into shards of about `shard_rows` rows, one mapped task each."""
-    from portability.pipeline import export
-
-    # A category that was not requested still gets one (empty) task, so nothing downstream is skipped.
-    return export.shards(plan, snap, category) or [None]
+    shards = export.shards(current, snap)
+    print(f"{len(shards)} shards to export: {', '.join(shard.label for shard in shards)}")
+    ti.xcom_push("snapshot", snap.to_xcom())
+    return [shard.to_xcom() for shard in shards]
 
 
 @task(map_index_template="{{ shard_label }}")
-def validate_and_write(plan: dict, snap: dict, shard: dict | None) -> dict | None:
-    """Validate every record of one shard and write its pieces of the requested formats."""
+def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
+    """Validate every record of one shard and write its pieces of the requested formats to staging."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability.pipeline import export
+    from portability.pipeline.model import Plan, Shard, Snapshot
     from portability.records.validation import InvalidRecords
 
-    if shard is None:
-        get_current_context()["shard_label"] = "not requested"
-        return None
-    get_current_context()["shard_label"] = (
-        f"{shard['category']} pieces {shard['first_piece'] + 1}-{shard['stop_piece']} of {shard['of_pieces']}"
-    )
+    current = Shard.from_xcom(shard)
+    get_current_context()["shard_label"] = current.label
     try:
-        return export.export_shard(plan, snap, shard)
+        return export.export_shard(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot), current).to_xcom()
     except InvalidRecords as exc:
         raise AirflowFailException(str(exc)) from None  # on_invalid=fail: the data will not change on retry
 
 
-@task
-def package(plan: dict, snap: dict, results: list) -> dict:
-    """Zip the bag into the region's bucket; it becomes visible only when complete."""
-    from portability.pipeline import export
+# Runs after export_account alone (an account in one shard: no shard to map) or after the shards.
+@task(trigger_rule="none_failed_min_one_success")
+def package(plan: dict, results: list) -> dict:
+    """Zip the bag into the region's bucket (it becomes visible only when complete); returns the summary."""
+    from airflow.sdk.exceptions import AirflowSkipException
 
-    # One list per category of its shards' results; None for categories not requested.
-    summary = export.package(plan, snap, [r for shard_results in results for r in shard_results if r])
-    print(f"export {summary['export_id']}: {summary['bytes']} bytes, sha256 {summary['sha256']}, key {summary['key']}")
-    return summary
+    from portability.pipeline import export
+    from portability.pipeline.model import Plan, ShardResult, Snapshot, Summary
+
+    ti = get_current_context()["ti"]
+    exported_whole = ti.xcom_pull(task_ids="export_account", key="summary")
+    snapshot = ti.xcom_pull(task_ids="export_account", key="snapshot")
+    if exported_whole is not None:
+        summary = Summary.from_xcom(exported_whole)
+    elif snapshot is not None:
+        summary = export.package(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot),
+                                 [ShardResult.from_xcom(result) for result in results])
+    else:  # export_account was skipped: the request joined another export, or was cancelled
+        raise AirflowSkipException("nothing was exported by this run")
+    print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, key {summary.key}")
+    return summary.to_xcom()
 
 
 @task
 def deliver(summary: dict) -> dict:
     """Record the archive in the request ledger and send each requester the link (email, signed webhook)."""
     from portability import service
+    from portability.pipeline.model import Summary
 
-    return service.deliver(summary)
+    return service.deliver(Summary.from_xcom(summary))
 
 
 @task
-def cleanup(plan: dict | None) -> int:
+def cleanup() -> int:
     """Delete the staged copies (personal data), whether the export succeeded or failed.
 
     After a failure, export again by clearing the whole run: it keeps its export id.
     """
     from portability.pipeline import export
+    from portability.service.request import export_id_for_run
 
-    if plan is None:  # validate_request refused the request: nothing was staged
-        return 0
-    return export.cleanup(plan, None)
+    run = get_current_context()["dag_run"]
+    return export.cleanup(export_id_for_run(run.dag_id, run.run_id))
 
 
 @dag(
@@ -146,16 +166,12 @@ def cleanup(plan: dict | None) -> int:
 )
 def account_export():
     plan = validate_request()
-    snap = snapshot(plan)
-    written = []
-    for category in SCHEMAS.categories:
-        with TaskGroup(group_id=category, tooltip=f"Validate and write {category}"):
-            shards = shards_of(plan, snap, category)
-            written.append(validate_and_write.partial(plan=plan, snap=snap).expand(shard=shards))
-    # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
-    summary = package(plan, snap, written)
+    shards = export_account(plan)
+    results = export_shard.partial(plan=plan, snapshot=shards["snapshot"]).expand(shard=shards)
+    summary = package(plan, results)
     deliver(summary)
-    summary >> cleanup(plan).as_teardown()
+    # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
+    summary >> cleanup().as_teardown()
 
 
 account_export()

@@ -73,16 +73,16 @@ def cmd_export(args) -> int:
 
     conf = _request_conf(args)
     summary, request_id = service.export_now(conf, on_progress=lambda message: print(message, file=sys.stderr))
-    link = service.link(summary["export_id"], conf.get("expires_in_hours", 72), request_id=request_id)
+    link = service.link(summary.export_id, conf.get("expires_in_hours", 72), request_id=request_id)
     if args.json:
         print(json.dumps({
-            "export_id": summary["export_id"], "account_id": summary["account_id"], "bucket": summary["bucket"],
-            "key": summary["key"], "bytes": summary["bytes"], "sha256": summary["sha256"],
-            "url": link.url, "expires_at": link.expires_at, "counts": summary["counts"],
+            "export_id": summary.export_id, "account_id": summary.account_id, "bucket": summary.bucket,
+            "key": summary.key, "bytes": summary.bytes, "sha256": summary.sha256,
+            "url": link.url, "expires_at": link.expires_at, "counts": summary.counts,
         }, indent=2))
     else:
         print(link.url)
-        print(f"export {summary['export_id']}: {summary['bytes']} bytes, sha256 {summary['sha256']}, "
+        print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, "
               f"link expires {link.expires_at}", file=sys.stderr)
     return 0
 

@@ -60,14 +60,14 @@ def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_f
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "15")  # several pieces, so middles span segments
     conf = {"account_id": big_files_account, "categories": ["contacts"], "formats": ["csv", "jsonl"]}
     summary = export.run_export(conf, str(uuid.uuid4()))
-    archive = store.read_bytes(summary["bucket"], summary["key"])
-    assert summary["bytes"] == len(archive) and summary["sha256"] == hashlib.sha256(archive).hexdigest()
-    assert summary["bytes"] > 2 * (2 * EDGE_BYTES + 2 * MIDDLE_BYTES)  # both files have middles
+    archive = store.read_bytes(summary.bucket, summary.key)
+    assert summary.bytes == len(archive) and summary.sha256 == hashlib.sha256(archive).hexdigest()
+    assert summary.bytes > 2 * (2 * EDGE_BYTES + 2 * MIDDLE_BYTES)  # both files have middles
     # At least two middles per file, and the parts around them: the CSV's header and head, the CSV's
     # tail with the JSON Lines' header and head, and the JSON Lines' tail with the rest of the archive.
-    assert _part_count(store, summary["bucket"], summary["key"]) >= 2 * 2 + 3
-    assert not _open_uploads(store, summary["bucket"], summary["export_id"])
-    assert not list(store.keys(summary["bucket"], f"staging/{summary['export_id']}/"))
+    assert _part_count(store, summary.bucket, summary.key) >= 2 * 2 + 3
+    assert not _open_uploads(store, summary.bucket, summary.export_id)
+    assert not list(store.keys(summary.bucket, f"staging/{summary.export_id}/"))
     assert _data_entries(archive) == _data_entries(staged_route_archive(store, conf))
 
     (tmp_path / "a.zip").write_bytes(archive)

@@ -108,7 +108,7 @@ def test_link_is_refused_after_it_expires(eu_export, store_env):
     from portability.pipeline import export
 
     store, summary = export.find_archive(eu_export["summary"]["export_id"])
-    link = export.presigned_link(store, summary, seconds=2)
+    link = export.presigned_link(store, summary.bucket, summary.key, seconds=2)
     with urllib.request.urlopen(link.url, timeout=30) as response:
         assert response.status == 200
     time.sleep(4)

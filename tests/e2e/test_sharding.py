@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
@@ -18,13 +19,13 @@ def _archive(store, plan: dict, snapshot: dict, shard_rows: int, reverse: bool) 
     """Export the staged snapshot with one shard grouping, shards run in the given order; the archive's bytes."""
     from portability.pipeline import export
 
-    current = {**plan, "shard_rows": shard_rows}
-    work = [shard for category in plan["categories"] for shard in export.shards(current, snapshot, category)]
+    current = replace(plan, shard_rows=shard_rows)
+    work = [shard for category in plan.categories for shard in export.shards(current, snapshot, category)]
     results = [export.export_shard(current, snapshot, shard) for shard in (reversed(work) if reverse else work)]
     summary = export.package(current, snapshot, results)
-    data = store.read_bytes(summary["bucket"], summary["key"])
+    data = store.read_bytes(summary.bucket, summary.key)
     # Unpublish it, so the next grouping really builds its own archive.
-    store.delete_prefix(summary["bucket"], f"exports/{plan['export_id']}/")
+    store.delete_prefix(summary.bucket, f"exports/{plan.export_id}/")
     return data, len(work)
 
 
@@ -37,7 +38,7 @@ def staged_route_archive(store, conf: dict) -> bytes:
     try:
         return _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)[0]
     finally:
-        export.cleanup(plan, snapshot)
+        export.cleanup(plan.export_id, snapshot)
 
 
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
@@ -48,13 +49,13 @@ def test_sharded_archive_is_byte_identical(seeded, store, db, monkeypatch, tmp_p
     plan = export.plan({"account_id": account, "formats": ALL_FORMATS}, str(uuid.uuid4()))
     snapshot = export.take_snapshot(plan)
     try:
-        assert len(snapshot["pieces"]["contacts"]) > 1
+        assert len(snapshot.pieces["contacts"]) > 1
         whole, whole_tasks = _archive(store, plan, snapshot, shard_rows=10**9, reverse=False)
         per_piece, piece_tasks = _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)
         pairs, pair_tasks = _archive(store, plan, snapshot, shard_rows=2 * PIECE_ROWS, reverse=False)
     finally:
-        export.cleanup(plan, snapshot)
-    assert whole_tasks == len(plan["categories"]) < pair_tasks < piece_tasks
+        export.cleanup(plan.export_id, snapshot)
+    assert whole_tasks == len(plan.categories) < pair_tasks < piece_tasks
     assert whole == per_piece == pairs
 
     (tmp_path / "a.zip").write_bytes(whole)
@@ -76,12 +77,28 @@ def test_dag_maps_a_big_category_over_shards(seeded, run_dag, store, db, tmp_pat
     monkeypatch.setenv("PORTABILITY_SHARD_ROWS", "140")
     run = run_dag({"account_id": "e2e-00003", "categories": ["contacts", "list_members"]})
     assert run["state"] == "success", run["output"][-4000:]
+    assert run["tasks"]["export_shard"] == "success"
     assert run["output"].count("contacts pieces") >= 3  # each mapped task names its pieces in its log
     store_, summary = export.find_archive(export_id_for_run("account_export", run["run_id"]))
-    (tmp_path / "a.zip").write_bytes(store_.read_bytes(summary["bucket"], summary["key"]))
+    sharded = store_.read_bytes(summary.bucket, summary.key)
+    (tmp_path / "a.zip").write_bytes(sharded)
     root = unpack(tmp_path / "a.zip", tmp_path)
     check_counts_and_isolation(root, "e2e-00003", db)
     check_standard_tools(root)
+
+    # The command (one process, one pass) writes the same data files, byte for byte.
+    one_pass = export.run_export({"account_id": "e2e-00003", "categories": ["contacts", "list_members"]},
+                                 str(uuid.uuid4()))
+    assert _data_entries(store.read_bytes(one_pass.bucket, one_pass.key)) == _data_entries(sharded)
+
+
+def test_dag_exports_an_account_in_one_shard_in_one_task(seeded, run_dag, store):
+    """Below the shard size the DAG exports as the command does: no staged snapshot, no mapped task."""
+    run = run_dag({"account_id": "e2e-00002", "categories": ["contacts", "list_members"]})
+    assert run["state"] == "success", run["output"][-4000:]
+    assert run["tasks"]["export_account"] == "success" and run["tasks"]["export_shard"] == "skipped"
+    assert run["tasks"]["package"] == "success" and run["tasks"]["deliver"] == "success"
+    assert "snapshot of contacts" in run["output"]
 
 
 def _data_entries(archive: bytes) -> dict[str, tuple[int, int, bytes]]:
@@ -110,9 +127,9 @@ def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store,
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", str(PIECE_ROWS))
     conf = {"account_id": account, "formats": ["csv", "jsonl"]}
     summary = export.run_export(conf, str(uuid.uuid4()))
-    one_pass = store.read_bytes(summary["bucket"], summary["key"])
+    one_pass = store.read_bytes(summary.bucket, summary.key)
     staged = staged_route_archive(store, conf)
-    assert not list(store.keys(summary["bucket"], f"staging/{summary['export_id']}/"))  # the command cleaned up
+    assert not list(store.keys(summary.bucket, f"staging/{summary.export_id}/"))  # the command cleaned up
 
     files = _data_entries(one_pass)
     assert files == _data_entries(staged)

@@ -115,7 +115,7 @@ def awkward_export(seeded, tmp_path_factory, source_dsn):
     summary = export.run_export({"account_id": awkward.ACCOUNT, "formats": FORMATS}, str(uuid.uuid4()))
     folder = tmp_path_factory.mktemp("awkward")
     store = ObjectStore(config.storage_settings())
-    (folder / "archive.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+    (folder / "archive.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
     return {"summary": summary, "rows": rows, "root": unpack(folder / "archive.zip", folder)}
 
 
@@ -213,8 +213,8 @@ def test_timestamps_no_format_can_hold_are_quarantined_showing_the_source_value(
                    "VALUES (%s, %s, %s, %s, now())", (top + n, account, f"c{n}@edges.example", value))
     db.commit()
     summary = export.run_export({"account_id": account, "formats": FORMATS}, str(uuid.uuid4()))
-    assert summary["counts"]["contacts"] == {"source_count": 6, "exported": 2, "quarantined": 4}
-    (tmp_path / "archive.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+    assert summary.counts["contacts"] == {"source_count": 6, "exported": 2, "quarantined": 4}
+    (tmp_path / "archive.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
     root = unpack(tmp_path / "archive.zip", tmp_path)
     check_standard_tools(root)  # with every other category empty
     errors, exported = jsonl(root / "data/errors/contacts.jsonl"), jsonl(root / "data/contacts.jsonl")

@@ -94,8 +94,8 @@ def planted(store_env):
     }
 
 
-def _archive(store, summary: dict, folder):
-    (folder / "a.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+def _archive(store, summary, folder):
+    (folder / "a.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
     return unpack(folder / "a.zip", folder), folder / "a.zip"
 
 
@@ -145,7 +145,7 @@ def test_rows_pointing_at_another_accounts_rows_are_quarantined_with_the_reason_
     _check(root, archive, planted, db)
     check_standard_tools(root)
     for category in ("list_members", "template_versions", "campaigns"):
-        assert summary["counts"][category]["quarantined"] == len(planted[category])
+        assert summary.counts[category]["quarantined"] == len(planted[category])
 
 
 def test_the_dag_quarantines_them_too(planted, run_dag, db, store, tmp_path):

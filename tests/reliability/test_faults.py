@@ -35,11 +35,11 @@ def test_export_completes_through_s3_errors_and_throttling(seeded, store, faulty
     faulty_s3.fail_transiently(0.15)  # 503 SlowDown or 500 InternalError on every call's first try, 15% of retries
     summary = export.run_export({"account_id": ACCOUNT}, str(uuid.uuid4()))
     assert faulty_s3.injected >= 5, (faulty_s3.calls, faulty_s3.injected)
-    archive = store.read_bytes(summary["bucket"], summary["key"])
-    assert _data_entries(archive) == _data_entries(store.read_bytes(clean["bucket"], clean["key"]))
-    assert summary["counts"] == clean["counts"]
-    assert _archives(store, summary["bucket"], summary["export_id"]) == [summary["key"]]
-    assert not _staged(store, summary["bucket"], summary["export_id"])
+    archive = store.read_bytes(summary.bucket, summary.key)
+    assert _data_entries(archive) == _data_entries(store.read_bytes(clean.bucket, clean.key))
+    assert summary.counts == clean.counts
+    assert _archives(store, summary.bucket, summary.export_id) == [summary.key]
+    assert not _staged(store, summary.bucket, summary.export_id)
 
 
 def test_a_persistent_s3_fault_fails_cleanly_and_publishes_nothing(seeded, store, faulty_s3):
@@ -63,7 +63,7 @@ def test_racing_runs_publish_exactly_one_archive(seeded, store, tally):
     plan = export.plan({"account_id": ACCOUNT, "formats": ["csv", "jsonl", "parquet"]}, str(uuid.uuid4()))
     snapshot = export.take_snapshot(plan)
     try:
-        results = [export.export_shard(plan, snapshot, shard) for category in plan["categories"]
+        results = [export.export_shard(plan, snapshot, shard) for category in plan.categories
                    for shard in export.shards(plan, snapshot, category)]
         summaries, errors = [], []
 
@@ -84,10 +84,10 @@ def test_racing_runs_publish_exactly_one_archive(seeded, store, tally):
         for racer in racers:
             racer.join()
     finally:
-        export.cleanup(plan, snapshot)
+        export.cleanup(plan.export_id, snapshot)
     assert not errors, errors
-    assert len({(s["key"], s["sha256"]) for s in summaries}) == 1
-    assert _archives(store, snapshot["bucket"], plan["export_id"]) == [summaries[0]["key"]]
+    assert len({(s.key, s.sha256) for s in summaries}) == 1
+    assert _archives(store, snapshot.bucket, plan.export_id) == [summaries[0].key]
     tally["faults injected"] += len(racers) - 1  # the duplicates
 
 
@@ -103,8 +103,9 @@ def slowly(*args, **kwargs):  # a piece every half second, so the kill lands in 
 
 pieces.export_piece = slowly
 from portability.pipeline import export
+from portability.pipeline.model import Plan, Shard, Snapshot
 plan, snapshot, shard = json.loads(sys.argv[1])
-export.export_shard(plan, snapshot, shard)
+export.export_shard(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot), Shard.from_xcom(shard))
 """
 
 
@@ -115,20 +116,21 @@ def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_ar
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "20")
     plan = export.plan({"account_id": ACCOUNT}, str(uuid.uuid4()))
     snapshot = export.take_snapshot(plan)
-    bucket = snapshot["bucket"]
+    bucket = snapshot.bucket
     try:
-        work = [shard for category in plan["categories"] for shard in export.shards(plan, snapshot, category)]
+        work = [shard for category in plan.categories for shard in export.shards(plan, snapshot, category)]
         undisturbed = export.package(plan, snapshot, [export.export_shard(plan, snapshot, s) for s in work])
-        expected = store.read_bytes(bucket, undisturbed["key"])
-        store.delete_prefix(bucket, f"exports/{plan['export_id']}/")
-        store.delete_prefix(bucket, f"staging/{plan['export_id']}/files/")
+        expected = store.read_bytes(bucket, undisturbed.key)
+        store.delete_prefix(bucket, f"exports/{plan.export_id}/")
+        store.delete_prefix(bucket, f"staging/{plan.export_id}/files/")
 
-        contacts = next(s for s in work if s["category"] == "contacts")
-        pieces = contacts["stop_piece"] - contacts["first_piece"]
+        contacts = next(s for s in work if s.category == "contacts")
+        pieces = contacts.stop_piece - contacts.first_piece
         assert pieces >= 5
-        child = subprocess.Popen([sys.executable, "-c", _SLOW_SHARD, json.dumps([plan, snapshot, contacts])],
+        handed_over = json.dumps([plan.to_xcom(), snapshot.to_xcom(), contacts.to_xcom()])
+        child = subprocess.Popen([sys.executable, "-c", _SLOW_SHARD, handed_over],
                                  env=os.environ.copy(), start_new_session=True)
-        prefix = f"staging/{plan['export_id']}/files/contacts/"
+        prefix = f"staging/{plan.export_id}/files/contacts/"
         deadline = time.monotonic() + 120
         while not any(k.endswith(".csv.deflate") for k in store.keys(bucket, prefix)):
             assert child.poll() is None and time.monotonic() < deadline, "the shard ended before it could be killed"
@@ -140,9 +142,9 @@ def test_a_task_killed_in_the_middle_of_a_category_and_retried_gives_the_same_ar
         assert 0 < len(written) < pieces  # killed in the middle of the category
 
         retried = export.package(plan, snapshot, [export.export_shard(plan, snapshot, s) for s in work])
-        assert store.read_bytes(bucket, retried["key"]) == expected
+        assert store.read_bytes(bucket, retried.key) == expected
     finally:
-        export.cleanup(plan, snapshot)
+        export.cleanup(plan.export_id, snapshot)
 
 
 def _seed_one(db, prefix: str, contacts: int) -> str:
@@ -174,18 +176,18 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
     assert dropped, "no reader was running to cut"
     tally["faults injected"] += len(dropped)
     assert any(word in str(failure.value).lower() for word in ("terminat", "connection", "closed")), failure.value
-    export.cleanup(plan, None)
+    export.cleanup(plan.export_id)
 
     # The retry (Airflow retries the snapshot task) opens a new snapshot and reads every row once.
     snapshot = export.take_snapshot(plan)
     try:
-        work = [shard for category in plan["categories"] for shard in export.shards(plan, snapshot, category)]
+        work = [shard for category in plan.categories for shard in export.shards(plan, snapshot, category)]
         summary = export.package(plan, snapshot, [export.export_shard(plan, snapshot, s) for s in work])
     finally:
-        export.cleanup(plan, snapshot)
+        export.cleanup(plan.export_id, snapshot)
     for category, table in (("contacts", "contacts"), ("list_members", "list_members")):
         expected = db.execute(f"SELECT count(*) FROM {table} WHERE account_id = %s", (account,)).fetchone()[0]
-        assert summary["counts"][category] == {"source_count": expected, "exported": expected, "quarantined": 0}
+        assert summary.counts[category] == {"source_count": expected, "exported": expected, "quarantined": 0}
 
 
 def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path, tally):
@@ -216,13 +218,13 @@ def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeyp
 
     snapshot = export.take_snapshot(plan, on_piece=change_the_source)
     try:
-        work = [shard for category in plan["categories"] for shard in export.shards(plan, snapshot, category)]
+        work = [shard for category in plan.categories for shard in export.shards(plan, snapshot, category)]
         summary = export.package(plan, snapshot, [export.export_shard(plan, snapshot, s) for s in work])
     finally:
-        export.cleanup(plan, snapshot)
+        export.cleanup(plan.export_id, snapshot)
     assert changed_during and "suppressions" not in changed_during
     tally["faults injected"] += 1
-    (tmp_path / "a.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+    (tmp_path / "a.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
     root = unpack(tmp_path / "a.zip", tmp_path)
     assert {str(r["id"]): r["full_name"] for r in jsonl(root / "data" / "contacts.jsonl")} == before
     exported = jsonl(root / "data" / "suppressions.jsonl")

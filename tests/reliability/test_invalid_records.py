@@ -48,7 +48,7 @@ def test_every_kind_of_invalid_record_is_quarantined_with_its_reason_and_every_c
     db.commit()
 
     summary = export.run_export({"account_id": account, "formats": ["csv", "jsonl", "parquet"]}, str(uuid.uuid4()))
-    (tmp_path / "archive.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+    (tmp_path / "archive.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
     root = unpack(tmp_path / "archive.zip", tmp_path)
     manifest = check_counts_and_isolation(root, account, db)  # exported and quarantined partition the source
     check_standard_tools(root)

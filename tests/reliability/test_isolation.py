@@ -69,9 +69,9 @@ def test_no_row_of_one_account_in_anothers_export(seeded, db, store, tmp_path_fa
     for account_id, data in zip(ids, accounts, strict=True):
         summary = export.run_export({"account_id": account_id, "categories": CATEGORIES, "formats": ["jsonl"]},
                                     str(uuid.uuid4()))
-        assert summary["bucket"] == f"exports-{data['region']}"
+        assert summary.bucket == f"exports-{data['region']}"
         folder = tmp_path_factory.mktemp(account_id)
-        (folder / "a.zip").write_bytes(store.read_bytes(summary["bucket"], summary["key"]))
+        (folder / "a.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
         root = unpack(folder / "a.zip", folder)
         # Exactly this account's keys in every category, by independent SQL: nothing from the others.
         check_counts_and_isolation(root, account_id, db)

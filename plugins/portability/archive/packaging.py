@@ -22,6 +22,7 @@ from portability import __version__
 from portability.archive.parts import ArchiveParts
 from portability.archive.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
 from portability.archive.zipwriter import ZipWriter
+from portability.pipeline.model import CategoryResult, PieceResult, Plan, Snapshot
 from portability.pipeline.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
 from portability.records.schemas import SchemaSet, arrow_schema, table_schema
 
@@ -59,15 +60,15 @@ def _small(path: str, content: bytes) -> PayloadFile:
     return PayloadFile(path, len(content), hashlib.sha256(content).hexdigest(), content)
 
 
-def build_manifest(plan: dict, snapshot: dict, results: list[dict]) -> dict:
+def build_manifest(plan: Plan, snapshot: Snapshot, results: list[dict]) -> dict:
     return {
         "format_version": FORMAT_VERSION,
-        "export_id": plan["export_id"],
-        "account_id": plan["account_id"],
-        "region": snapshot["region"],
-        "snapshot_at": snapshot["snapshot_at"],
-        "categories": plan["categories"],
-        "formats": plan["formats"],
+        "export_id": plan.export_id,
+        "account_id": plan.account_id,
+        "region": snapshot.region,
+        "snapshot_at": snapshot.snapshot_at,
+        "categories": plan.categories,
+        "formats": plan.formats,
         "contents": {
             r["category"]: {
                 "source_count": r["source_count"],
@@ -82,7 +83,7 @@ def build_manifest(plan: dict, snapshot: dict, results: list[dict]) -> dict:
     }
 
 
-def build_datapackage(plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet) -> dict:
+def build_datapackage(plan: Plan, snapshot: Snapshot, results: list[dict], schemas: SchemaSet) -> dict:
     resources = []
     for result in results:
         category = result["category"]
@@ -119,14 +120,14 @@ def build_datapackage(plan: dict, snapshot: dict, results: list[dict], schemas: 
             })
     return {
         "$schema": "https://datapackage.org/profiles/2.0/datapackage.json",
-        "name": f"export-{plan['export_id']}",
-        "title": f"Data export of account {plan['account_id']}",
-        "created": snapshot["snapshot_at"],
+        "name": f"export-{plan.export_id}",
+        "title": f"Data export of account {plan.account_id}",
+        "created": snapshot.snapshot_at,
         "resources": resources,
     }
 
 
-def describing_files(plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet) -> list[PayloadFile]:
+def describing_files(plan: Plan, snapshot: Snapshot, results: list[dict], schemas: SchemaSet) -> list[PayloadFile]:
     """The payload files that describe the data: the data package and each category's schema."""
     files = [_small("data/datapackage.json", _json_bytes(build_datapackage(plan, snapshot, results, schemas)))]
     files += [
@@ -136,15 +137,15 @@ def describing_files(plan: dict, snapshot: dict, results: list[dict], schemas: S
     return files
 
 
-def tag_files(plan: dict, snapshot: dict, results: list[dict], payload: list[PayloadFile],
+def tag_files(plan: Plan, snapshot: Snapshot, results: list[dict], payload: list[PayloadFile],
               organization: str) -> list[tuple[str, bytes]]:
     """The bag's tag files, in archive order, ending with the tag manifest that covers the others."""
     oxum = f"{sum(f.bytes for f in payload)}.{len(payload)}"
     bag_info = (
         f"Source-Organization: {organization}\n"
-        f"External-Identifier: {plan['export_id']}\n"
-        f"External-Description: Data export of account {plan['account_id']} as of {snapshot['snapshot_at']}\n"
-        f"Bagging-Date: {snapshot['snapshot_at'][:10]}\n"
+        f"External-Identifier: {plan.export_id}\n"
+        f"External-Description: Data export of account {plan.account_id} as of {snapshot.snapshot_at}\n"
+        f"Bagging-Date: {snapshot.snapshot_at[:10]}\n"
         f"Payload-Oxum: {oxum}\n"
         f"Bag-Software-Agent: portability {__version__}\n"
     )
@@ -159,15 +160,15 @@ def tag_files(plan: dict, snapshot: dict, results: list[dict], payload: list[Pay
     return [*tags, ("tagmanifest-sha256.txt", tag_manifest.encode("utf-8"))]
 
 
-def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], schemas: SchemaSet,
+def write_archive(sink, *, plan: Plan, snapshot: Snapshot, results: list[CategoryResult], schemas: SchemaSet,
                   sources: StagedSources, root: str, snapshot_at: datetime, organization: str) -> list[dict]:
     """Stream the whole bag into a ZIP (ZIP64 where needed); returns the results with each file's checksum."""
     def entry(path: str) -> str:
         return f"{root}/{path}"
 
-    def segments(category: str, pieces: list[dict], kind: str) -> list[tuple[Segment, Callable]]:
-        return [(Segment(**(p["errors"] if kind == "errors" else p["files"][kind])),
-                 partial(sources.open_segment, category, p["piece"], kind)) for p in pieces]
+    def segments(category: str, pieces: tuple[PieceResult, ...], kind: str) -> list[tuple[Segment, Callable]]:
+        return [((p.errors if kind == "errors" else p.files[kind]),
+                 partial(sources.open_segment, category, p.piece, kind)) for p in pieces]
 
     def write_text(path: str, category: str, kind: str, parts: list[tuple[Segment, Callable]]) -> int:
         if sources.parts is None:
@@ -182,27 +183,27 @@ def write_archive(sink, *, plan: dict, snapshot: dict, results: list[dict], sche
     with ZipWriter(sink, date_time=snapshot_at.timetuple()[:6], mode=0o644) as archive, \
             ThreadPoolExecutor(_HASHERS, thread_name_prefix="digest") as hashers:
         for result in results:
-            category, pieces = result["category"], result["pieces"]
+            category, pieces = result.category, result.pieces
             files = []
-            for fmt in plan["formats"]:
+            for fmt in plan.formats:
                 path = f"data/{category}.{fmt}"
                 if fmt in TEXT_FORMATS:
                     parts = segments(category, pieces, fmt)
-                    sha256 = result["sha256"].get(fmt) or hashers.submit(_digest, parts)
+                    sha256 = result.sha256.get(fmt) or hashers.submit(_digest, parts)
                     size = write_text(path, category, fmt, parts)
                 else:
                     size, sha256 = _write_parquet(archive, entry(path), schemas, category, pieces, sources)
                 files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
             errors = None
-            with_errors = [p for p in pieces if p["errors"]]
+            with_errors = [p for p in pieces if p.errors]
             if with_errors:
                 path = f"data/errors/{category}.jsonl"
                 parts = segments(category, with_errors, "errors")
-                sha256 = result["sha256"].get("errors") or hashers.submit(_digest, parts)
+                sha256 = result.sha256.get("errors") or hashers.submit(_digest, parts)
                 errors = {"path": path, "format": "jsonl", "bytes": write_text(path, category, "errors", parts),
                           "sha256": sha256}
-            described.append({"category": category, "source_count": result["source_count"],
-                              "exported": result["exported"], "quarantined": result["quarantined"],
+            described.append({"category": category, "source_count": result.source_count,
+                              "exported": result.exported, "quarantined": result.quarantined,
                               "files": files, "errors": errors})
         for file in [f for r in described for f in r["files"]] + [r["errors"] for r in described if r["errors"]]:
             if not isinstance(file["sha256"], str):
@@ -303,7 +304,7 @@ class _Counting:
 
 
 def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: str,
-                   pieces: list[dict], sources: StagedSources) -> tuple[int, str]:
+                   pieces: tuple[PieceResult, ...], sources: StagedSources) -> tuple[int, str]:
     """The category's valid rows as one Parquet file with row groups of a fixed size; returns (bytes, sha256)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -317,12 +318,12 @@ def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: 
                                   write_statistics=True, store_schema=True)
         pending, pending_rows = [], 0
         for piece in pieces:
-            invalid = sources.invalid_rows(category, piece["piece"]) if piece["quarantined"] else []
+            invalid = sources.invalid_rows(category, piece.piece) if piece.quarantined else []
             offset = 0
-            for batch in sources.open_piece(category, piece["piece"]):
+            for batch in sources.open_piece(category, piece.piece):
                 kept = batch
                 if invalid:
-                    kept = batch.filter(valid_mask(piece["rows"], invalid).slice(offset, batch.num_rows))
+                    kept = batch.filter(valid_mask(piece.rows, invalid).slice(offset, batch.num_rows))
                 offset += batch.num_rows
                 pending.append(pa.RecordBatch.from_arrays([unwrapped(c) for c in kept.columns], schema=schema))
                 pending_rows += kept.num_rows
@@ -337,12 +338,12 @@ def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: 
     return counting.bytes, counting.sha256()
 
 
-def readme(plan: dict, snapshot: dict, results: list[dict]) -> str:
+def readme(plan: Plan, snapshot: Snapshot, results: list[dict]) -> str:
     lines = [
-        f"# Data export of account {plan['account_id']}",
+        f"# Data export of account {plan.account_id}",
         "",
-        f"This archive holds the data of account `{plan['account_id']}` as it was at "
-        f"{snapshot['snapshot_at']} (UTC). Export id: `{plan['export_id']}`.",
+        f"This archive holds the data of account `{plan.account_id}` as it was at "
+        f"{snapshot.snapshot_at} (UTC). Export id: `{plan.export_id}`.",
         "",
         "## What is here",
         "",

@@ -1,13 +1,18 @@
-"""The steps of one export, shared by the account_export DAG (one task each) and the command.
+"""The steps of one export: the same for the `portability` command, `account_export` and `scheduled_exports`.
 
-plan -> snapshot -> export_shard (one per shard of each category) -> package -> cleanup
+    plan -> snapshot -> export_shard (one per shard) -> package -> cleanup
 
-Steps pass small dicts (ids, counts, checksums), never data: data moves through a staging
-prefix in the region's bucket, so any step can be retried on any worker and gives the same bytes.
+They differ only in who runs the shards. An account whose every category fits in one shard
+(`shard_rows`) is exported by one process from start to end (`export_in_process`: the command, a
+scheduled export, and `account_export`'s one task for such an account): each category is read,
+validated and written in one pass, its deflated bytes going straight into the archive's upload
+(see `archive.parts`). A bigger account is staged (`take_snapshot`), its shards are exported by
+as many tasks as Airflow gives it, and `package` assembles the archive. The archive is the same
+bytes on either route, however it was sharded.
 
-The snapshot cuts each category, in key order, into pieces of `piece_rows` rows. A piece is
-the unit of staging and of compression; a shard is a run of pieces that one task handles.
-Pieces are the same however they are grouped into shards, so the archive is too.
+Steps pass the typed records of `pipeline.model`, never data: staged data moves through the
+export's staging prefix in the region's bucket, so any step can be retried on any worker and
+gives the same bytes.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from portability.archive.parts import ArchiveParts
+from portability.pipeline.model import CategoryResult, PieceResult, Plan, Shard, ShardResult, Snapshot, Summary
 from portability.records.schemas import SchemaSet
 from portability.records.values import render_timestamp
 from portability.resources import config, keys
@@ -46,15 +52,26 @@ class AccountNotFound(ExportError):
     pass
 
 
-def plan(conf: dict, export_id: str) -> dict:
+def plan(conf: dict, export_id: str) -> Plan:
     """Validate the request; nothing has been read from the source yet."""
     check_export_id(export_id)  # it names every object key of the export
     request = parse_request(conf, SchemaSet())
-    return {"export_id": export_id, **request.to_dict(),
-            "piece_rows": config.piece_rows(), "shard_rows": config.shard_rows()}
+    return Plan(export_id=export_id, **request.to_dict(), piece_rows=config.piece_rows(),
+                shard_rows=config.shard_rows())
 
 
-def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None = None) -> dict:
+def needs_shards(plan: Plan) -> bool:
+    """Whether any requested category holds more than one shard's rows: then it is staged and sharded."""
+    from portability.resources import source
+
+    mapping = load_mapping()
+    _check_mapping(plan, mapping, SchemaSet())
+    with source.snapshot(config.source_settings().conninfo) as snap:
+        return any(snap.owned_rows(mapping[category], plan.account_id) > plan.shard_rows
+                   for category in plan.categories)
+
+
+def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | None = None) -> Snapshot:
     """Read every requested category from one snapshot of the source into staged pieces.
 
     `on_piece(where, category, piece)` is told of each piece as soon as it is staged (`where`
@@ -63,15 +80,15 @@ def take_snapshot(plan: dict, on_piece: Callable[[dict, str, int], None] | None 
     """
     store = ObjectStore(config.storage_settings())
 
-    def stage(where: dict, category: str, rows) -> list[int]:
+    def stage(where: Snapshot, category: str, rows) -> list[int]:
         staged = partial(on_piece, where, category) if on_piece else None
-        return _stage_pieces(store, where["bucket"], plan, category, rows, where["snapshot_at"], staged)
+        return _stage_pieces(store, where.bucket, plan, category, rows, where.snapshot_at, staged)
 
     return _read_snapshot(plan, stage)
 
 
-def export_from_source(plan: dict, store: ObjectStore, parts: ArchiveParts) -> tuple[dict, list[dict]]:
-    """Read and export every requested category in one pass, straight into the archive's parts: the command's path.
+def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts) -> tuple[Snapshot, list[ShardResult]]:
+    """Read and export every requested category in one pass, straight into the archive's parts.
 
     Each category's pieces are validated and written in key order as they are read, so each
     file's SHA-256 is taken on the way, and each file's deflated bytes go into the archive's
@@ -81,22 +98,30 @@ def export_from_source(plan: dict, store: ObjectStore, parts: ArchiveParts) -> t
     """
     from portability.pipeline.pieces import TEXT_FORMATS
 
-    exported: dict[str, dict] = {}
+    exported: dict[str, ShardResult] = {}
 
-    def open_archive(where: dict, estimates: dict[str, int]) -> None:
-        kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
-        parts.open(where["bucket"], [(c, kind) for c in plan["categories"] for kind in kinds], estimates)
+    def open_archive(where: Snapshot, estimates: dict[str, int]) -> None:
+        kinds = [f for f in plan.formats if f in TEXT_FORMATS] + ["errors"]
+        parts.open(where.bucket, [(c, kind) for c in plan.categories for kind in kinds], estimates)
 
-    def export(where: dict, category: str, rows) -> list[int]:
+    def export(where: Snapshot, category: str, rows) -> list[int]:
         exported[category] = _export_category(plan, where, category, rows, store, parts)
-        return [piece["rows"] for piece in exported[category]["pieces"]]
+        return [piece.rows for piece in exported[category].pieces]
 
     snapshot = _read_snapshot(plan, export, on_open=open_archive)
-    return snapshot, [exported[category] for category in plan["categories"]]
+    return snapshot, [exported[category] for category in plan.categories]
 
 
-def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list[int]],
-                   on_open: Callable[[dict, dict[str, int]], None] | None = None) -> dict:
+def _check_mapping(plan: Plan, mapping: dict, schemas: SchemaSet) -> None:
+    missing = [c for c in ["account", *plan.categories] if c not in mapping]
+    if missing:
+        raise ExportError(f"the source mapping has no query for {sorted(set(missing))}: add them to the mapping")
+    for category in plan.categories:
+        check_references(mapping[category], [c.name for c in schemas.columns(category)])
+
+
+def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], list[int]],
+                   on_open: Callable[[Snapshot, dict[str, int]], None] | None = None) -> Snapshot:
     """Open one snapshot and hand each requested category's rows to `read_category`, which returns its piece sizes.
 
     Categories are read on `_READERS` threads, the biggest first, each from its own connection.
@@ -108,23 +133,20 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
     memory.limit_retention()
     schemas, mapping = SchemaSet(), load_mapping()
     storage = config.storage_settings()
-    account_id = plan["account_id"]
-    missing = [c for c in ["account", *plan["categories"]] if c not in mapping]
-    if missing:
-        raise ExportError(f"the source mapping has no query for {sorted(set(missing))}: add them to the mapping")
-    for category in plan["categories"]:
-        check_references(mapping[category], [c.name for c in schemas.columns(category)])
+    account_id = plan.account_id
+    _check_mapping(plan, mapping, schemas)
 
     with source.snapshot(config.source_settings().conninfo) as snap:
         account = _account(snap, mapping["account"], schemas, account_id)
         # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
-        where = {"bucket": storage.bucket_for(account["region"]), "snapshot_at": _render(snap.snapshot_at),
-                 "references": {c: [r.to_dict() for r in mapping[c].references] for c in plan["categories"]
-                                if mapping[c].references}}
+        where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
+                         region=account["region"],
+                         references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
+                                     if mapping[c].references})
         # The source count: every row the account owns in each category's table, counted apart from the query.
-        owned = {category: snap.owned_rows(mapping[category], account_id) for category in plan["categories"]}
-        estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan["categories"]}
-        largest_first = sorted(plan["categories"], key=lambda c: -estimates[c])
+        owned = {category: snap.owned_rows(mapping[category], account_id) for category in plan.categories}
+        estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan.categories}
+        largest_first = sorted(plan.categories, key=lambda c: -estimates[c])
         if on_open:
             on_open(where, estimates)
 
@@ -134,7 +156,7 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
             pieces = dict(zip(largest_first, readers.map(read, largest_first), strict=True))
-    for category in plan["categories"]:
+    for category in plan.categories:
         returned = sum(pieces[category])
         log.info("snapshot of %s: %d rows in %d pieces", category, returned, len(pieces[category]))
         if returned != owned[category]:
@@ -145,8 +167,7 @@ def _read_snapshot(plan: dict, read_category: Callable[[dict, str, object], list
                 f"({config.mapping_path()}): one row per row of the table, joins as LEFT JOINs within the account, "
                 "each declared as a reference so that a row pointing outside the account is quarantined with the "
                 "reason. Nothing was published.")
-    return {**where, "region": account["region"], "source_counts": owned,
-            "pieces": {c: pieces[c] for c in plan["categories"]}}
+    return replace(where, source_counts=owned, pieces={c: pieces[c] for c in plan.categories})
 
 
 def cut_pieces(rows, piece_rows: int) -> Iterator[tuple[int, Iterator]]:
@@ -175,7 +196,7 @@ def cut_pieces(rows, piece_rows: int) -> Iterator[tuple[int, Iterator]]:
             return
 
 
-def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, rows, snapshot_at: str,
+def _stage_pieces(store: ObjectStore, bucket: str, plan: Plan, category: str, rows, snapshot_at: str,
                   staged: Callable[[int], None] | None) -> list[int]:
     """Write the category's rows as staged pieces (Arrow IPC, LZ4); returns each piece's rows."""
     import pyarrow as pa
@@ -183,9 +204,9 @@ def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, ro
     schema = rows.schema.with_metadata({"snapshot_at": snapshot_at})
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     sizes = []
-    for piece, batches in cut_pieces(rows, plan["piece_rows"]):
+    for piece, batches in cut_pieces(rows, plan.piece_rows):
         sizes.append(0)
-        key = keys.snapshot_piece(plan["export_id"], category, piece)
+        key = keys.snapshot_piece(plan.export_id, category, piece)
         with store.upload(bucket, key) as upload, pa.ipc.new_stream(upload, schema, options=options) as writer:
             for batch in batches:
                 writer.write_batch(batch)
@@ -195,7 +216,8 @@ def _stage_pieces(store: ObjectStore, bucket: str, plan: dict, category: str, ro
     return sizes
 
 
-def _export_category(plan: dict, where: dict, category: str, rows, store: ObjectStore, parts: ArchiveParts) -> dict:
+def _export_category(plan: Plan, where: Snapshot, category: str, rows, store: ObjectStore,
+                     parts: ArchiveParts) -> ShardResult:
     """Export a category's pieces in order straight from the source into the archive's parts.
 
     Returns a shard result with each file's SHA-256.
@@ -205,7 +227,7 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
     from portability.pipeline.pieces import TEXT_FORMATS
 
     schemas = SchemaSet()
-    kinds = [f for f in plan["formats"] if f in TEXT_FORMATS] + ["errors"]
+    kinds = [f for f in plan.formats if f in TEXT_FORMATS] + ["errors"]
     running = {kind: hashlib.sha256() for kind in kinds}  # each file's bytes pass here in order
     files = {}  # kind -> FileParts, from the first piece that writes the kind to the last
 
@@ -216,17 +238,16 @@ def _export_category(plan: dict, where: dict, category: str, rows, store: Object
 
     pieces = []
     with read_ahead(rows) as batches:
-        for piece, piece_batches in cut_pieces(batches, plan["piece_rows"]):
-            pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where["bucket"],
+        for piece, piece_batches in cut_pieces(batches, plan.piece_rows):
+            pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where.bucket,
                                        running, open_sink, _references(where, category)))
-            log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1]["exported"],
-                     pieces[-1]["quarantined"])
+            log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1].exported,
+                     pieces[-1].quarantined)
     for file in files.values():
         file.close()
-    if not any(p["errors"] for p in pieces):
+    if not any(p.errors for p in pieces):
         del running["errors"]
-    return {"category": category, "pieces": pieces,
-            "sha256": {kind: digest.hexdigest() for kind, digest in running.items()}}
+    return ShardResult(category, tuple(pieces), {kind: digest.hexdigest() for kind, digest in running.items()})
 
 
 def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:
@@ -241,20 +262,17 @@ def _render(instant: datetime) -> str:
     return render_timestamp(instant.astimezone(UTC))
 
 
-def shards(plan: dict, snapshot: dict, category: str) -> list[dict]:
-    """The shards of one category: runs of pieces of about `shard_rows` rows; none if it was not requested."""
-    if category not in plan["categories"]:
-        return []
-    pieces = snapshot["pieces"][category]
-    per_shard = max(1, plan["shard_rows"] // plan["piece_rows"])
+def shards(plan: Plan, snapshot: Snapshot, category: str | None = None) -> list[Shard]:
+    """The shards of one category, or of every requested one: runs of pieces of about `shard_rows` rows."""
+    per_shard = max(1, plan.shard_rows // plan.piece_rows)
     return [
-        {"category": category, "first_piece": first, "stop_piece": min(first + per_shard, len(pieces)),
-         "of_pieces": len(pieces)}
-        for first in range(0, len(pieces), per_shard)
+        Shard(name, first, min(first + per_shard, len(snapshot.pieces[name])), len(snapshot.pieces[name]))
+        for name in plan.categories if category in (None, name)
+        for first in range(0, len(snapshot.pieces[name]), per_shard)
     ]
 
 
-def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | None = None) -> dict:
+def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStore | None = None) -> ShardResult:
     """Validate every record of a shard's pieces and write each piece of the requested text files.
 
     A process running many shards passes one `store`: each S3 client costs about a megabyte.
@@ -264,22 +282,21 @@ def export_shard(plan: dict, snapshot: dict, shard: dict, store: ObjectStore | N
     memory.limit_retention()
     schemas = SchemaSet()
     store = store or ObjectStore(config.storage_settings())
-    category = shard["category"]
+    category = shard.category
     results = []
-    for piece in range(shard["first_piece"], shard["stop_piece"]):
-        reader = _open_piece(store, snapshot["bucket"], plan["export_id"], category, piece, snapshot["snapshot_at"])
-        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot["bucket"],
+    for piece in range(shard.first_piece, shard.stop_piece):
+        reader = _open_piece(store, snapshot.bucket, plan.export_id, category, piece, snapshot.snapshot_at)
+        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot.bucket,
                                     references=_references(snapshot, category)))
-    exported = sum(r["exported"] for r in results)
-    quarantined = sum(r["quarantined"] for r in results)
-    log.info("%s pieces %d-%d of %s: %d exported, %d quarantined", category, shard["first_piece"],
-             shard["stop_piece"] - 1, shard["of_pieces"], exported, quarantined)
-    return {"category": category, "pieces": results}
+    exported = sum(r.exported for r in results)
+    quarantined = sum(r.quarantined for r in results)
+    log.info("%s: %d exported, %d quarantined", shard.label, exported, quarantined)
+    return ShardResult(category, tuple(results))
 
 
-def _write_piece(plan: dict, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
+def _write_piece(plan: Plan, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
                  bucket: str, running: dict | None = None, open_sink: Callable | None = None,
-                 references: tuple[Reference, ...] = ()) -> dict:
+                 references: tuple[Reference, ...] = ()) -> PieceResult:
     """One piece's segments (and quarantine list), each under its staging key unless `open_sink` says where.
 
     See `pieces.export_piece`.
@@ -288,17 +305,17 @@ def _write_piece(plan: dict, category: str, piece: int, batches, schemas: Schema
 
     return export_piece(
         plan, category, piece, batches, schemas, store=store, bucket=bucket,
-        open_sink=open_sink or (lambda kind: store.upload(bucket, keys.segment(plan["export_id"], category, piece,
+        open_sink=open_sink or (lambda kind: store.upload(bucket, keys.segment(plan.export_id, category, piece,
                                                                                 kind))),
-        invalid_rows_key=keys.invalid_rows(plan["export_id"], category, piece), running=running,
+        invalid_rows_key=keys.invalid_rows(plan.export_id, category, piece), running=running,
         references=references,
     )
 
 
-def _references(snapshot: dict, category: str) -> tuple[Reference, ...]:
+def _references(snapshot: Snapshot, category: str) -> tuple[Reference, ...]:
     """The mapping's references of a category, as the snapshot that read it recorded them."""
     return tuple(Reference(r["column"], r["what"], tuple(r["joined"]))
-                 for r in snapshot.get("references", {}).get(category, []))
+                 for r in snapshot.references.get(category, []))
 
 
 def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, piece: int, snapshot_at: str):
@@ -322,38 +339,38 @@ def _open_piece(store: ObjectStore, bucket: str, export_id: str, category: str, 
     return reader
 
 
-def category_results(plan: dict, snapshot: dict, shard_results: list[dict]) -> list[dict]:
+def category_results(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult]) -> list[CategoryResult]:
     """One result per requested category, its pieces in order; refuses a missing or doubled piece."""
-    by_category: dict[str, dict[int, dict]] = {c: {} for c in plan["categories"]}
+    by_category: dict[str, dict[int, PieceResult]] = {c: {} for c in plan.categories}
     # A file's SHA-256 is known only from a shard that wrote the whole category in order.
-    known_sha256 = {shard["category"]: shard["sha256"] for shard in shard_results if "sha256" in shard}
+    known_sha256 = {shard.category: shard.sha256 for shard in shard_results if shard.sha256}
     for shard in shard_results:
-        for piece in shard["pieces"]:
-            if piece["piece"] in by_category[shard["category"]]:
-                raise ExportError(f"{shard['category']}: piece {piece['piece']} was exported twice; rerun the export")
-            by_category[shard["category"]][piece["piece"]] = piece
+        for piece in shard.pieces:
+            if piece.piece in by_category[shard.category]:
+                raise ExportError(f"{shard.category}: piece {piece.piece} was exported twice; rerun the export")
+            by_category[shard.category][piece.piece] = piece
     results = []
-    for category in plan["categories"]:
+    for category in plan.categories:
         pieces = by_category[category]
-        expected = len(snapshot["pieces"][category])
+        expected = len(snapshot.pieces[category])
         if sorted(pieces) != list(range(expected)):
             raise ExportError(f"{category}: {len(pieces)} of {expected} pieces were exported; rerun the export")
-        ordered = [pieces[i] for i in range(expected)]
-        exported = sum(p["exported"] for p in ordered)
-        quarantined = sum(p["quarantined"] for p in ordered)
-        if exported + quarantined != snapshot["source_counts"][category]:
+        ordered = tuple(pieces[i] for i in range(expected))
+        exported = sum(p.exported for p in ordered)
+        quarantined = sum(p.quarantined for p in ordered)
+        if exported + quarantined != snapshot.source_counts[category]:
             raise ExportError(f"{category}: exported {exported} + quarantined {quarantined} != source "
-                              f"{snapshot['source_counts'][category]}")
-        results.append({"category": category, "source_count": snapshot["source_counts"][category],
-                        "exported": exported, "quarantined": quarantined, "pieces": ordered,
-                        "sha256": known_sha256.get(category, {})})
+                              f"{snapshot.source_counts[category]}")
+        results.append(CategoryResult(category, snapshot.source_counts[category], exported, quarantined, ordered,
+                                      known_sha256.get(category, {})))
     return results
 
 
-def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: ArchiveParts | None = None) -> dict:
+def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
+            parts: ArchiveParts | None = None) -> Summary:
     """Zip the bag straight into the archive's multipart upload; it appears only when complete.
 
-    With `parts`, the text files' middles are already in that upload (the command's route).
+    With `parts`, the text files' bytes are already on their way into that upload (`export_from_source`).
     """
     from portability.archive import packaging
     from portability.pipeline import memory
@@ -362,7 +379,7 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
     schemas = SchemaSet()
     storage = config.storage_settings()
     store = ObjectStore(storage)
-    bucket, export_id, account_id = snapshot["bucket"], plan["export_id"], plan["account_id"]
+    bucket, export_id, account_id = snapshot.bucket, plan.export_id, plan.account_id
     key = keys.archive(export_id, account_id, storage.key_secret)
     if store.exists(bucket, key):
         log.info("export %s is already published; keeping it", export_id)
@@ -374,7 +391,7 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
     sources = packaging.StagedSources(
         open_segment=lambda category, piece, kind: store.open(bucket, keys.segment(export_id, category, piece, kind)),
         open_piece=lambda category, piece: _open_piece(store, bucket, export_id, category, piece,
-                                                       snapshot["snapshot_at"]),
+                                                       snapshot.snapshot_at),
         invalid_rows=lambda category, piece: json.loads(
             store.read_bytes(bucket, keys.invalid_rows(export_id, category, piece))),
         parts=parts,
@@ -382,7 +399,7 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
     archive = partial(packaging.write_archive, plan=plan, snapshot=snapshot, results=results, schemas=schemas,
                       sources=sources, root=keys.archive_name(account_id, export_id),
                       organization=config.organization_name(),
-                      snapshot_at=datetime.fromisoformat(snapshot["snapshot_at"].replace("Z", "+00:00")))
+                      snapshot_at=datetime.fromisoformat(snapshot.snapshot_at.replace("Z", "+00:00")))
     try:
         if parts:
             router = parts.router()
@@ -396,36 +413,33 @@ def package(plan: dict, snapshot: dict, shard_results: list[dict], parts: Archiv
     except AlreadyPublished:
         log.info("export %s was published by another run meanwhile; keeping that one", export_id)
         return _published_summary(store, bucket, key)
-    summary = {
-        "export_id": export_id,
-        "account_id": account_id,
-        "region": snapshot["region"],
-        "bucket": bucket,
-        "key": key,
-        "bytes": size,
-        "sha256": sha256,
-        "snapshot_at": snapshot["snapshot_at"],
-        "counts": {r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")}
-                   for r in described},
-    }
-    store.put_bytes(bucket, keys.summary(key), json.dumps(summary, indent=2).encode(),
+    summary = Summary(
+        export_id=export_id, account_id=account_id, region=snapshot.region, bucket=bucket, key=key, bytes=size,
+        sha256=sha256, snapshot_at=snapshot.snapshot_at,
+        counts={r["category"]: {k: r[k] for k in ("source_count", "exported", "quarantined")} for r in described},
+    )
+    store.put_bytes(bucket, keys.summary(key), json.dumps(summary.to_xcom(), indent=2).encode(),
                     content_type="application/json")
     return summary
 
 
-def _published_summary(store: ObjectStore, bucket: str, key: str) -> dict:
+def _published_summary(store: ObjectStore, bucket: str, key: str) -> Summary:
     try:
-        return json.loads(store.read_bytes(bucket, keys.summary(key)))
+        return Summary.from_xcom(json.loads(store.read_bytes(bucket, keys.summary(key))))
     except Exception as exc:
         # The other run is between its archive and its summary: retrying settles it.
         raise StorageError("the archive exists but its summary is not written yet; retry") from exc
 
 
-def cleanup(plan: dict, snapshot: dict | None) -> int:
-    """Delete the export's staging objects (personal data) once the archive is out, or the run failed."""
+def cleanup(export_id: str, snapshot: Snapshot | None = None) -> int:
+    """Delete the export's staging objects (personal data) once the archive is out, or the run failed.
+
+    Without the snapshot (the run failed before it was taken) every region's bucket is cleaned.
+    """
+    check_export_id(export_id)
     store = ObjectStore(config.storage_settings())
-    buckets = [snapshot["bucket"]] if snapshot else sorted(set(store.settings.buckets.values()))
-    return sum(store.delete_prefix(bucket, keys.staging_prefix(plan['export_id'])) for bucket in buckets)
+    buckets = [snapshot.bucket] if snapshot else sorted(set(store.settings.buckets.values()))
+    return sum(store.delete_prefix(bucket, keys.staging_prefix(export_id)) for bucket in buckets)
 
 
 @dataclass(frozen=True)
@@ -442,7 +456,7 @@ def check_export_id(export_id: str, what: str = "export id") -> None:
         raise RequestError(f"invalid {what} {str(export_id)[:80]!r}: expected a UUID, as printed when it was made")
 
 
-def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
+def find_archive(export_id: str) -> tuple[ObjectStore, Summary]:
     """The published archive of an export, in whichever region's bucket holds it."""
     check_export_id(export_id)
     storage = config.storage_settings()
@@ -454,11 +468,11 @@ def find_archive(export_id: str) -> tuple[ObjectStore, dict]:
     raise ExportError(f"no archive found for export {export_id}: it was never published, or it has expired")
 
 
-def presigned_link(store: ObjectStore, summary: dict, seconds: int) -> Link:
-    filename = summary["key"].rsplit("/", 1)[1]
-    url = store.presigned_get(summary["bucket"], summary["key"], expires_in_seconds=seconds, filename=filename)
+def presigned_link(store: ObjectStore, bucket: str, key: str, seconds: int) -> Link:
+    filename = key.rsplit("/", 1)[1]
+    url = store.presigned_get(bucket, key, expires_in_seconds=seconds, filename=filename)
     expires_at = (datetime.now(UTC) + timedelta(seconds=seconds)).replace(microsecond=0)
-    return Link(url, expires_at.isoformat().replace("+00:00", "Z"), summary["bucket"], summary["key"])
+    return Link(url, expires_at.isoformat().replace("+00:00", "Z"), bucket, key)
 
 
 def _shard_workers() -> int:
@@ -467,15 +481,25 @@ def _shard_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def run_export(conf: dict, export_id: str) -> dict:
-    """The whole export in this process (the command's path); returns the package summary."""
-    current = plan(conf, export_id)
+def run_export(conf: dict, export_id: str) -> Summary:
+    """The whole export of a request in this process; see `export_in_process`."""
+    return export_in_process(plan(conf, export_id))
+
+
+def export_in_process(current: Plan) -> Summary:
+    """The whole export in this process, its staging deleted at the end whatever the outcome.
+
+    Text formats are read, validated and written in one pass into the archive's upload. Parquet
+    is assembled from staged rows: each piece is then its own shard, exported by a thread as soon
+    as it is staged while the snapshot goes on reading.
+    """
+    export_id = current.export_id
     snapshot = None
     failed = True
     try:
         store = ObjectStore(config.storage_settings())
-        if "parquet" not in current["formats"]:
-            key = keys.archive(export_id, current["account_id"], store.settings.key_secret)
+        if "parquet" not in current.formats:
+            key = keys.archive(export_id, current.account_id, store.settings.key_secret)
             parts = ArchiveParts(store, key)
             try:
                 snapshot, shard_results = export_from_source(current, store, parts)
@@ -486,14 +510,12 @@ def run_export(conf: dict, export_id: str) -> dict:
             finally:
                 parts.close()
         else:
-            # Parquet is assembled from staged rows: every piece is its own shard, exported as soon as
-            # it is staged while the snapshot goes on reading; the archive is the same for any grouping.
             # Arrow, ISA-L, libpq and the uploads release the GIL, so the threads share the cores.
             with ThreadPoolExecutor(_shard_workers(), thread_name_prefix="shard") as pool:
                 exporting = []
 
-                def export_when_staged(where: dict, category: str, piece: int) -> None:
-                    shard = {"category": category, "first_piece": piece, "stop_piece": piece + 1, "of_pieces": "?"}
+                def export_when_staged(where: Snapshot, category: str, piece: int) -> None:
+                    shard = Shard(category, piece, piece + 1, 0)  # how many pieces follow is not known yet
                     exporting.append(pool.submit(export_shard, current, where, shard, store))
 
                 try:
@@ -506,9 +528,9 @@ def run_export(conf: dict, export_id: str) -> dict:
         failed = False
     finally:
         if failed:  # the failure is what the caller must see: cleaning up after it may fail for the same reason
-            _quietly("delete the export's staging", cleanup, current, snapshot)
+            _quietly("delete the export's staging", cleanup, export_id, snapshot)
         else:
-            cleanup(current, snapshot)
+            cleanup(export_id, snapshot)
     return summary
 
 

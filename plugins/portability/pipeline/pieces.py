@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from portability.archive.segments import LARGE_CHUNK_BYTES, PipelinedWriter, SegmentWriter
+from portability.pipeline.model import PieceResult, Plan
 from portability.records.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.records.schemas import SchemaSet
 from portability.records.validation import BatchValidator, InvalidRecords
@@ -66,9 +67,9 @@ class _CsvSink:
         pass
 
 
-def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
+def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
                  open_sink: Callable[[str], AbstractContextManager], invalid_rows_key: str,
-                 running: dict | None = None, references=()) -> dict:
+                 running: dict | None = None, references=()) -> PieceResult:
     """Validate a piece's batches and write its segment of each text file.
 
     `open_sink(kind)` (kind: a format or 'errors') gives the stream a segment is deflated into;
@@ -78,7 +79,7 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
     """
     validator = BatchValidator(schemas, category, references)
     columns = validator.columns
-    formats = [f for f in plan["formats"] if f in TEXT_FORMATS]
+    formats = [f for f in plan.formats if f in TEXT_FORMATS]
     rows = exported = 0
     running = running or {}
     invalid_rows: list[int] = []
@@ -96,9 +97,9 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
             rendered = RenderedBatch(batch, columns)
             verdict = validator.check(rendered)
             if verdict.problems:
-                if plan["on_invalid"] == "fail":
+                if plan.on_invalid == "fail":
                     row = min(verdict.problems)
-                    raise InvalidRecords(_invalid_message(category, piece * plan["piece_rows"] + rows + row,
+                    raise InvalidRecords(_invalid_message(category, piece * plan.piece_rows + rows + row,
                                                           rendered, row, verdict.problems[row]))
                 if errors is None:
                     errors = writer("errors")
@@ -112,13 +113,12 @@ def export_piece(plan: dict, category: str, piece: int, reader, schemas: SchemaS
                     writers["jsonl"].write(text_bytes(json_lines(rendered)))
             rows += batch.num_rows
             exported += rendered.num_rows
-        segments = {fmt: writer.close().to_dict() for fmt, writer in writers.items()}
-        error_segment = errors.close().to_dict() if errors else None
+        segments = {fmt: writer.close() for fmt, writer in writers.items()}
+        error_segment = errors.close() if errors else None
     if invalid_rows:
         # Parquet is assembled at packaging from the staged pieces; it needs to know which rows to leave out.
         store.put_bytes(bucket, invalid_rows_key, json.dumps(invalid_rows).encode(), content_type="application/json")
-    return {"piece": piece, "rows": rows, "exported": exported, "quarantined": len(invalid_rows),
-            "files": segments, "errors": error_segment}
+    return PieceResult(piece, rows, exported, len(invalid_rows), segments, error_segment)
 
 
 def _error_lines(rendered: RenderedBatch, problems: dict[int, list[dict]]) -> bytes:

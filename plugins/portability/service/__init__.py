@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from portability.pipeline import export
+from portability.pipeline.model import Plan, Summary
 from portability.records.schemas import SchemaSet
 from portability.resources import config, keys, ledger
 from portability.service.request import RequestError, export_id_for_run, parse_request
@@ -120,10 +122,10 @@ def _wait_for(export_id: str, lease: timedelta) -> dict | None:
         time.sleep(min(1.0, lease.total_seconds() / 4))
 
 
-def _summary_of(record: dict) -> dict:
-    return {"export_id": str(record["export_id"]), "account_id": record["account_id"], "region": record["region"],
-            "bucket": record["bucket"], "key": record["archive_key"], "bytes": record["bytes"],
-            "sha256": record["sha256"], "snapshot_at": record["snapshot_at"], "counts": record["counts"]}
+def _summary_of(record: dict) -> Summary:
+    return Summary(export_id=str(record["export_id"]), account_id=record["account_id"], region=record["region"],
+                   bucket=record["bucket"], key=record["archive_key"], bytes=record["bytes"], sha256=record["sha256"],
+                   snapshot_at=record["snapshot_at"], counts=record["counts"])
 
 
 def schedule(conf: dict, every_days: int, *, first_due: datetime | None = None) -> dict:
@@ -167,8 +169,8 @@ def run_scheduled(account_ids: list[str]) -> dict:
             failed.append({"account_id": row["account_id"], "error": error[:500]})
             continue
         with ledger.connect() as conn:
-            ledger.schedule_done(conn, row["account_id"], summary["export_id"])
-        succeeded.append({"account_id": row["account_id"], "export_id": summary["export_id"]})
+            ledger.schedule_done(conn, row["account_id"], summary.export_id)
+        succeeded.append({"account_id": row["account_id"], "export_id": summary.export_id})
     return {"succeeded": succeeded, "failed": failed}
 
 
@@ -196,17 +198,19 @@ def replace_dead(request_id: str, run_state: ledger.RunState | None) -> dict | N
         return ledger.replace_dead(conn, request_id, run_state)
 
 
-def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None) -> dict:
+def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None) -> Plan:
     """The first task of a run: the plan, with "joined" set if another live export of the account already serves
     it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters."""
     request = parse_request(conf, SchemaSet())
     plan = export.plan(conf, export_id_for_run(dag_id, run_id))
     requester = request.requester()
     with ledger.connect() as conn:
-        outcome = ledger.begin(conn, plan, run_id, requested_by=requester["requested_by"] or "airflow",
+        outcome = ledger.begin(conn, {"export_id": plan.export_id, **plan.options()}, run_id,
+                               requested_by=requester["requested_by"] or "airflow",
                                notify_email=requester["notify_email"], webhook_url=requester["webhook_url"],
                                run_state=run_state)
-    return {**plan, **outcome}
+    widened = {name: tuple(outcome[name]) for name in ("categories", "formats") if name in outcome}
+    return replace(plan, **widened, joined=outcome.get("joined"), cancelled=bool(outcome.get("cancelled")))
 
 
 def cancel(request_id: str) -> dict:
@@ -227,7 +231,7 @@ def fail(dag_id: str, run_id: str, error: str) -> None:
 NOTIFICATION_CLAIM = timedelta(minutes=10)
 
 
-def deliver(summary: dict) -> dict:
+def deliver(summary: Summary) -> dict:
     """Record the published archive and tell each waiting requester; returns how many were told.
 
     The notifications go through an outbox: each is queued in the ledger, claimed (committed, so no
@@ -240,16 +244,16 @@ def deliver(summary: dict) -> dict:
     from portability.resources.delivery import DeliveryError, post_webhook, ready_notice, send_email
 
     with ledger.connect() as conn:
-        ledger.finish(conn, summary, config.retention())
-        ledger.queue_notifications(conn, summary["export_id"])
-        record = ledger.export_record(conn, summary["export_id"])
+        ledger.finish(conn, summary.to_xcom(), config.retention())
+        ledger.queue_notifications(conn, summary.export_id)
+        record = ledger.export_record(conn, summary.export_id)
         told, failures, tried = 0, [], []
-        while (notification := ledger.claim_notification(conn, summary["export_id"], NOTIFICATION_CLAIM,
+        while (notification := ledger.claim_notification(conn, summary.export_id, NOTIFICATION_CLAIM,
                                                          tried)) is not None:
             tried.append(notification["notification_id"])
             try:
                 link = _link(record, notification["expires_in_hours"])
-                notice = ready_notice(notification, summary, link)
+                notice = ready_notice(notification, summary.to_xcom(), link)
                 if notification["notify_email"]:
                     send_email(notification["notify_email"], notice)
                 if notification["webhook_url"]:
@@ -293,7 +297,7 @@ def _link(record: dict, hours: int) -> export.Link:
     from portability.resources.storage import ObjectStore
 
     store = ObjectStore(config.storage_settings())
-    return export.presigned_link(store, {"bucket": record["bucket"], "key": record["archive_key"]}, seconds)
+    return export.presigned_link(store, record["bucket"], record["archive_key"], seconds)
 
 
 def revoke(export_id: str) -> int:
