@@ -301,7 +301,8 @@ def measure_dag_run(api: Api, account_id: str, root_pid: int, timeout: float) ->
     finally:
         sampler.stop()
     cpu_after = airflow_cpu_s(root_pid)
-    airflow_cpu = sum(used - cpu_before.get(pid, 0.0) for pid, used in cpu_after.items())
+    # A process that ended was reaped by its parent, which now counts its CPU: compare the sums, not per pid.
+    airflow_cpu = sum(cpu_after.values()) - sum(cpu_before.values())
     split = cpu.finish(airflow_cpu, wall, os.cpu_count() or 1)
     split["airflow"] = split.pop("export")
 
@@ -738,12 +739,17 @@ def print_report(results: dict) -> None:
     for a in results["accounts"]:
         if a["d"]:
             print_tasks(a)
-        for comparison in a["comparisons"]:
+        for round_, comparison in enumerate(a["comparisons"], 1):
+            which = f"{a['account']}, run {round_} of (d)"
             if not comparison["identical"]:
-                print(f"{a['account']}: data files that differ: {', '.join(comparison['differing_files'])}")
-            if comparison["differing_other_data_members"]:
-                print(f"{a['account']}: other data/ members that differ (for information): "
-                      f"{', '.join(comparison['differing_other_data_members'])}")
+                print(f"{which}: data files that differ from (c)'s: {', '.join(comparison['differing_files'])}")
+        others = sorted({m for c in a["comparisons"] for m in c["differing_other_data_members"]})
+        if others:
+            print(f"{a['account']}: other data/ members that differ (for information): {', '.join(others)}")
+        if a["comparisons"]:
+            c = a["comparisons"][0]
+            print(f"{a['account']}: {c['data_files']} data files ({c['data_bytes']:,} bytes) compared with (c)'s, "
+                  f"{len(a['comparisons'])} run(s) of (d)")
     print()
     print("targets:")
     for check in results["targets"].values():
