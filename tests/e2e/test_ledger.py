@@ -77,11 +77,13 @@ def test_a_run_triggered_straight_through_the_api_is_recorded_or_joins(conn):
     account = _account()
     run_a, run_b = f"manual__{uuid.uuid4()}", f"manual__{uuid.uuid4()}"
     plan_a = export.plan({"account_id": account}, export_id_for_run(ledger.DAG_ID, run_a))
-    assert ledger.begin(conn, plan_a, run_a, requested_by="api") == {}
-    assert ledger.export_record(conn, plan_a["export_id"])["state"] == "running"
     plan_b = export.plan({"account_id": account}, export_id_for_run(ledger.DAG_ID, run_b))
-    assert ledger.begin(conn, plan_b, run_b, requested_by="api") == {"joined": plan_a["export_id"]}
-    assert ledger.begin(conn, plan_a, run_a) == {}  # a retried first task changes nothing
+    recorded_a = {"export_id": plan_a.export_id, **plan_a.options()}
+    recorded_b = {"export_id": plan_b.export_id, **plan_b.options()}
+    assert ledger.begin(conn, recorded_a, run_a, requested_by="api") == {}
+    assert ledger.export_record(conn, plan_a.export_id)["state"] == "running"
+    assert ledger.begin(conn, recorded_b, run_b, requested_by="api") == {"joined": plan_a.export_id}
+    assert ledger.begin(conn, recorded_a, run_a) == {}  # a retried first task changes nothing
 
 
 def test_life_of_an_export_failed_then_ready_delivered_expired(conn):
