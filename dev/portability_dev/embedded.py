@@ -499,7 +499,8 @@ def _weed_args(component: str, sw_dir: Path, ports: dict[str, int]) -> list[str]
             f"-port={ports['master']}",
             # Volumes are sparse files; big ones let a multi-gigabyte export (staging + archive) fit.
             "-volumeSizeLimitMB=1024",
-            # A single master resuming its Raft state otherwise waits ~16 s (default 10 s) to lead.
+            # A single master resuming its Raft state otherwise waits out its election timeout (default 10 s)
+            # and more before it leads, and every start would wait with it.
             "-electionTimeout=1s",
             "-telemetry=false",  # a local store must not report usage statistics
         ]

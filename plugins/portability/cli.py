@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         local.apply(local.start_stores())
     # numpy's OpenBLAS otherwise starts a thread per core that spins for work this command never gives it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # Importing Airflow makes a few hundred thousand objects, and every full collection on the way walks
+    # Importing Airflow makes a great many objects, and every full collection on the way walks
     # them all again: collect nothing while importing, then keep what was imported out of later collections.
     gc.disable()
     try:

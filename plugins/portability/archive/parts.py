@@ -1,8 +1,8 @@
 """The command's archive, uploaded while its files are made: each big file's middle goes straight to its place.
 
 On the staged route every piece's deflated segments are stored in staging and packaging copies
-them into the archive, so each byte is stored twice (on a local S3 server a stored GiB costs
-about 11 CPU-seconds, more than deflating it). On the command's one-pass route the archive's
+them into the archive, so each byte is stored twice (a local S3 server spends more CPU storing
+a byte than the export spends deflating it). On the command's one-pass route the archive's
 multipart upload is opened before the source is read, and each text file's deflated bytes go,
 as they are made, into parts at numbers reserved for that file: S3 orders parts by number, not
 by arrival. Only what packaging writes around them is kept aside: each file's first `EDGE_BYTES`
@@ -74,8 +74,7 @@ class FileParts:
     """One text file's deflated bytes, written in order: the head and tail kept aside, the middle sent as parts.
 
     The middle is copied straight into part-sized buffers that are reused once their part is
-    sent, instead of a growing buffer cut from the front: at GB/s that churn cost a page fault
-    per 4 KiB, half of all the command's faults.
+    sent, instead of a growing buffer cut from the front, whose churn kept faulting fresh pages in.
     """
 
     def __init__(self, upload: PartUpload, numbers: range, keep: Callable[[str, bytes | bytearray], None],

@@ -6,9 +6,9 @@ compressed by different tasks in any order, and their concatenation, closed by o
 final block, is a single valid deflate stream: the ZIP entry of the whole file. The CRC-32
 of the whole file is combined from the pieces' CRCs, so nothing is compressed twice.
 
-Compression is ISA-L's deflate (python-isal), 5x faster than zlib's fastest level, output
-readable by any inflater. Its output depends only on the input (and the CPU family's code
-path), so the same rows give the same bytes however the pieces are spread over tasks.
+Compression is ISA-L's deflate (python-isal): much faster than zlib at a similar ratio, and
+readable by any inflater. Its output depends only on the input (and the CPU family's code path),
+so the same rows give the same bytes however the pieces are spread over tasks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from isal import isal_zlib
 
-LEVEL = 2                  # ISA-L's level 2 is both faster and smaller than its level 1 on our text
+LEVEL = 2                  # ISA-L's level 2: near level 3's ratio on our text at a fraction of its time
 FINAL_BLOCK = b"\x03\x00"  # an empty, final, fixed-Huffman block: closes the concatenated stream
 INFLATE_BYTES = 1024 * 1024           # the most InflatingDigest inflates at once
 LARGE_CHUNK_BYTES = 16 * 1024 * 1024  # a chunk this big is deflated before PipelinedWriter.write returns

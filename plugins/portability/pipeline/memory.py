@@ -5,11 +5,11 @@ glibc's defaults then keep the freed memory: its mmap threshold rises to the lar
 freed so far, so later big buffers come from per-thread heaps that fragment and are never
 returned. A fixed threshold of 4 MiB sends big buffers (upload parts) to mmap, given back to
 the system on free, and two arenas bound the heaps. Below it, the many 1 MiB buffers (deflate
-output, read chunks) are reused from the heap: a fresh mapping for each cost a page fault per
-4 KiB, 8 of the 22 CPU-seconds the kernel spent in a 10M-contact export. Arrow's own allocator is
-mimalloc in current pyarrow; where jemalloc is chosen instead (ARROW_DEFAULT_MEMORY_POOL), it is
-told to return freed pages at once instead of after its default decay time. (A 1M-contact export
-took the same CPU time with mimalloc, jemalloc and the system allocator, measured three times each.)
+output, read chunks) are reused from the heap, instead of a fresh mapping for each that faults
+every page in again and keeps the kernel busy. Arrow's own allocator is mimalloc in current
+pyarrow; where jemalloc is chosen instead (ARROW_DEFAULT_MEMORY_POOL), it is told to return
+freed pages at once instead of after its default decay time. (Which allocator Arrow uses is
+left alone: the choice did not change an export's CPU time.)
 This is what MALLOC_MMAP_THRESHOLD_ and MALLOC_ARENA_MAX do, set from inside the process so
 every way of running an export gets it.
 """
@@ -30,7 +30,8 @@ def limit_retention(mmap_threshold: int = 4 * 1024 * 1024, arenas: int = 2) -> b
     """Apply the settings once per process; False where the C library is not glibc."""
     import pyarrow as pa
 
-    # Arrow's jemalloc keeps freed pages for a second by default; at GB/s that is hundreds of MB.
+    # Arrow's jemalloc keeps freed pages for a second by default; an export frees buffers so fast that
+    # those pages would be a large part of its memory.
     with contextlib.suppress(NotImplementedError):
         pa.jemalloc_set_decay_ms(0)
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

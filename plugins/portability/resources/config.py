@@ -117,7 +117,7 @@ def _connection_outside_tasks(conn_id: str):
         return Connection.get(conn_id)
     except AirflowNotFoundException:
         pass
-    from airflow.models.connection import Connection as StoredConnection  # loads the ORM: 0.5 s of a command
+    from airflow.models.connection import Connection as StoredConnection  # loads the ORM (slow): only when needed
 
     return StoredConnection.get_connection_from_secrets(conn_id)  # the same path again, then the metadata db
 
