@@ -14,7 +14,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.e2e.test_sharding import _data_entries
+from tests.pipeline.test_sharding import _data_entries
 
 pytestmark = pytest.mark.reliability
 ACCOUNT = "e2e-00001"
@@ -191,7 +191,7 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
 def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path, tally):
     """The archive reflects the snapshot's instant, whatever is written to the source while it is read."""
     from portability.pipeline import export
-    from tests.archive_checks import jsonl, unpack
+    from tests.helpers.archive_checks import jsonl, unpack
 
     account = _seed_one(db, "change", 200)
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "20")

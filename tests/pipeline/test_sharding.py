@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from tests.archive_checks import check_counts_and_isolation, check_round_trip, check_standard_tools, unpack
 from tests.conftest import BAD_ACCOUNT
+from tests.helpers.archive_checks import check_counts_and_isolation, check_round_trip, check_standard_tools, unpack
 
 pytestmark = pytest.mark.e2e
 ALL_FORMATS = ["csv", "jsonl", "parquet"]

@@ -11,9 +11,9 @@ import uuid
 import psycopg
 import pytest
 
-from tests.archive_checks import check_counts_and_isolation, check_standard_tools, csv_rows, jsonl, unpack
 from tests.conftest import BAD_ACCOUNT
-from tests.e2e.test_sharding import _data_entries, staged_route_archive
+from tests.helpers.archive_checks import check_counts_and_isolation, check_standard_tools, csv_rows, jsonl, unpack
+from tests.pipeline.test_sharding import _data_entries, staged_route_archive
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "bigfiles-00001"
