@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import BAD_ACCOUNT
+from tests.helpers.accounts import BAD_ACCOUNT
 from tests.helpers.archive_checks import (
     check_counts_and_isolation,
     check_no_secrets,
