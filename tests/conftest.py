@@ -16,6 +16,24 @@ from tests.helpers.tally import TALLY
 
 os.environ.setdefault("PORTABILITY_SCHEMAS_DIR", str(REPO / "schemas"))
 
+# Fixtures that start a server: embedded PostgreSQL and SeaweedFS (store_env, which every store fixture needs),
+# `airflow standalone`, the SMTP server, the webhook receiver. A test that needs one, even through other
+# fixtures, carries one of SERVER_MARKERS, so `-m "not e2e and not service and not reliability"` starts none.
+SERVER_FIXTURES = frozenset({"store_env", "airflow_server", "mailbox", "webhook"})
+SERVER_MARKERS = ("e2e", "service", "reliability")
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                and not any(item.get_closest_marker(name) for name in SERVER_MARKERS)]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server (through the fixtures " + ", ".join(sorted(SERVER_FIXTURES))
+            + ") but carry none of the markers " + ", ".join(SERVER_MARKERS)
+            + "; add `pytestmark = pytest.mark.e2e` (or service, reliability) to their module:\n  "
+            + "\n  ".join(unmarked))
+
 
 @pytest.fixture
 def tally() -> Counter:
