@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import count
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+from tests.helpers.accounts import BAD_ACCOUNT, BAD_CONTACT_EMAIL, GOOD_ACCOUNTS
+from tests.helpers.tally import TALLY
+
 os.environ.setdefault("PORTABILITY_SCHEMAS_DIR", str(REPO / "schemas"))
 
-# Accounts every end-to-end test can read; seeded once per session.
-GOOD_ACCOUNTS = ("e2e-00001", "e2e-00002", "e2e-00003")
-BAD_ACCOUNT = "bad-00001"
-BAD_CONTACT_EMAIL = "planted-invalid-address"
+# Fixtures that start a server: embedded PostgreSQL and SeaweedFS (store_env, which every store fixture needs),
+# `airflow standalone`, the SMTP server, the webhook receiver. A test that needs one, even through other
+# fixtures, carries one of SERVER_MARKERS, so `-m "not e2e and not service and not reliability"` starts none.
+SERVER_FIXTURES = frozenset({"store_env", "airflow_server", "mailbox", "webhook"})
+SERVER_MARKERS = ("e2e", "service", "reliability")
 
 
-# What the reliability suite did, printed at the end of the run (issue 5 asks for the counts).
-TALLY: Counter = Counter()
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                and not any(item.get_closest_marker(name) for name in SERVER_MARKERS)]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a server (through the fixtures " + ", ".join(sorted(SERVER_FIXTURES))
+            + ") but carry none of the markers " + ", ".join(SERVER_MARKERS)
+            + "; add `pytestmark = pytest.mark.e2e` (or service, reliability) to their module:\n  "
+            + "\n  ".join(unmarked))
 
 
 @pytest.fixture
@@ -98,16 +107,6 @@ def store(store_env):
     from portability.resources.storage import ObjectStore
 
     return ObjectStore(config.storage_settings())
-
-
-def portability_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the installed `portability` command, as a user would."""
-    executable = Path(sys.executable).with_name("portability")
-    result = subprocess.run([str(executable), *args], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"portability {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="session")

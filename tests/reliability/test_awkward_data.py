@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg.adapt import Loader
 
-from tests.archive_checks import check_no_secrets, check_standard_tools, jsonl, unpack
-from tests.reliability import awkward
+from tests.helpers import awkward
+from tests.helpers.archive_checks import check_no_secrets, check_standard_tools, jsonl, unpack
 
 pytestmark = pytest.mark.reliability
 FORMATS = ["csv", "jsonl", "parquet"]

@@ -14,7 +14,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.e2e.test_sharding import _data_entries
+from tests.helpers.exports import data_entries
 
 pytestmark = pytest.mark.reliability
 ACCOUNT = "e2e-00001"
@@ -36,7 +36,7 @@ def test_export_completes_through_s3_errors_and_throttling(seeded, store, faulty
     summary = export.run_export({"account_id": ACCOUNT}, str(uuid.uuid4()))
     assert faulty_s3.injected >= 5, (faulty_s3.calls, faulty_s3.injected)
     archive = store.read_bytes(summary.bucket, summary.key)
-    assert _data_entries(archive) == _data_entries(store.read_bytes(clean.bucket, clean.key))
+    assert data_entries(archive) == data_entries(store.read_bytes(clean.bucket, clean.key))
     assert summary.counts == clean.counts
     assert _archives(store, summary.bucket, summary.export_id) == [summary.key]
     assert not _staged(store, summary.bucket, summary.export_id)
@@ -193,7 +193,7 @@ def test_a_dropped_source_connection_fails_the_read_and_the_retry_reads_one_snap
 def test_rows_changed_during_the_export_are_not_in_it(seeded, store, db, monkeypatch, tmp_path, tally):
     """The archive reflects the snapshot's instant, whatever is written to the source while it is read."""
     from portability.pipeline import export
-    from tests.archive_checks import jsonl, unpack
+    from tests.helpers.archive_checks import jsonl, unpack
 
     account = _seed_one(db, "change", 200)
     monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "20")

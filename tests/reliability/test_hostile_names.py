@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.reliability
 TRAVERSALS = ["../../exports/x", "..", "exports/../../staging", "%2e%2e%2fexports", "x\\..\\..\\y", "\u2025/x",

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.archive_checks import check_counts_and_isolation, check_standard_tools, jsonl, record_key, unpack
+from tests.helpers.archive_checks import check_counts_and_isolation, check_standard_tools, jsonl, record_key, unpack
 
 pytestmark = pytest.mark.reliability
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.archive_checks import check_counts_and_isolation, jsonl, unpack
+from tests.helpers.archive_checks import check_counts_and_isolation, jsonl, unpack
 
 pytestmark = pytest.mark.reliability
 CATEGORIES = ["account", "lists", "list_members", "contacts", "suppressions"]

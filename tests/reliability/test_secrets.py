@@ -129,7 +129,7 @@ def test_a_failed_webhook_shows_neither_the_link_nor_the_signing_secret(monkeypa
 
 def test_an_invalid_record_that_fails_the_run_is_named_by_id_not_by_its_values(seeded, debug_logs):
     from portability.pipeline import export
-    from tests.conftest import BAD_ACCOUNT, BAD_CONTACT_EMAIL
+    from tests.helpers.accounts import BAD_ACCOUNT, BAD_CONTACT_EMAIL
 
     with pytest.raises(Exception) as failure:
         export.run_export({"account_id": BAD_ACCOUNT, "categories": ["contacts"], "on_invalid": "fail"},

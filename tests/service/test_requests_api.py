@@ -8,13 +8,14 @@ import json
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.airflow_runs import wait_for_run
 
 pytestmark = pytest.mark.service
 EU_ACCOUNT = "e2e-00002"  # seeded in the EU region
@@ -29,16 +30,6 @@ def cli(airflow_server, *args: str, check: bool = True) -> subprocess.CompletedP
         raise AssertionError(f"portability {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}\n"
                              f"airflow log tail:\n{airflow_server['log'].read_text()[-2000:]}")
     return result
-
-
-def wait_for_run(api, dag_id: str, run_id: str, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = api.run_state(dag_id, run_id)
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AssertionError(f"run {run_id} of {dag_id} did not finish in {timeout} s")
 
 
 def download(url: str) -> bytes:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.airflow_runs import wait_for_run
+
 pytestmark = pytest.mark.service
 
 
@@ -22,16 +24,6 @@ def _portability(env: dict, *args: str) -> subprocess.Popen:
     executable = Path(sys.executable).with_name("portability")
     return subprocess.Popen([str(executable), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def _wait_for_run(api, run_id: str, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = api.run_state("account_export", run_id)
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
 
 
 def test_the_trigger_forms_defaults_export_through_the_rest_api(airflow_server, api):
@@ -50,7 +42,7 @@ def test_the_trigger_forms_defaults_export_through_the_rest_api(airflow_server, 
     conf = {**form, "account_id": "e2e-00003"}
     run_id = f"form-{uuid.uuid4()}"
     assert api.trigger("account_export", run_id, conf) is True
-    assert _wait_for_run(api, run_id) == "success"
+    assert wait_for_run(api, "account_export", run_id) == "success"
     with connect() as conn:
         [row] = conn.execute("SELECT request_id FROM export_requests WHERE export_id = %s",
                              (export_id_for_run("account_export", run_id),)).fetchall()

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tests.service.test_requests_api import wait_for_run
+from tests.helpers.airflow_runs import wait_for_run
 
 pytestmark = pytest.mark.service
 ACCOUNTS = 200

@@ -1,6 +1,6 @@
 """The columnar validator accepts and rejects exactly what `jsonschema` does, for every record category.
 
-Rows are generated column by column from each column's kind and resolved subschema (see record_batches.py);
+Rows are generated column by column from each column's kind and resolved subschema (tests/helpers/record_batches.py);
 the reference verdict is `jsonschema` on a document built from the generated Python values, independently of
 the code under test. Each batch is checked whole and as a slice with a non-zero offset.
 """
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from portability.records import validation
 from portability.records.rendering import RenderedBatch
 from portability.records.schemas import JSON, TIMESTAMP
-from tests.unit.record_batches import (
+from tests.helpers.record_batches import (
     CATEGORIES,
     INT64_MAX,
     INT64_MIN,

@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from portability_dev import seed as seeder
 
+pytestmark = pytest.mark.e2e  # the session's embedded PostgreSQL
 OPTIONS = seeder.SeedOptions(contacts=120, large_html_bytes=200_000)
 ACCOUNT_IDS = ["acct-00001", "acct-00002", "acct-00003"]
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

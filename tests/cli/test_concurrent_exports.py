@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.e2e
 

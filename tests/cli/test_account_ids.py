@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.e2e
 DASHED_PREFIX = "-dash"  # the pattern ^[A-Za-z0-9_-]{1,64}$ allows a leading '-'

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "e2e-00001"

@@ -248,6 +248,7 @@ def test_iam_extra_gets_an_rds_token_through_the_aws_connection(monkeypatch):
     assert "iam" not in params and "aws_conn_id" not in params
 
 
+@pytest.mark.e2e  # the only test here that needs a server: the embedded S3
 def test_a_presigned_link_from_the_hooks_client_works_on_the_embedded_s3_then_expires(store):
     import time
     import urllib.error

@@ -18,7 +18,7 @@ import zipfile
 import psycopg
 import pytest
 
-from tests.conftest import portability_cli
+from tests.helpers.commands import portability_cli
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "vfy-00001"

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from portability.records.values import neutralise_formula, render_timestamp
-from tests.conftest import TALLY
+from tests.helpers.tally import TALLY
 
 SECRET_COLUMNS = {
     "users": ("password_hash", "mfa_secret"),

@@ -8,14 +8,14 @@ import urllib.request
 
 import pytest
 
-from tests.archive_checks import (
+from tests.helpers.accounts import BAD_ACCOUNT
+from tests.helpers.archive_checks import (
     check_counts_and_isolation,
     check_no_secrets,
     check_round_trip,
     check_standard_tools,
     unpack,
 )
-from tests.conftest import BAD_ACCOUNT
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import uuid
 import psycopg
 import pytest
 
-from tests.archive_checks import check_counts_and_isolation, check_standard_tools, csv_rows, jsonl, unpack
-from tests.conftest import BAD_ACCOUNT
-from tests.e2e.test_sharding import _data_entries, staged_route_archive
+from tests.helpers.accounts import BAD_ACCOUNT
+from tests.helpers.archive_checks import check_counts_and_isolation, check_standard_tools, csv_rows, jsonl, unpack
+from tests.helpers.exports import data_entries, staged_route_archive
 
 pytestmark = pytest.mark.e2e
 ACCOUNT = "bigfiles-00001"
@@ -68,7 +68,7 @@ def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_f
     assert _part_count(store, summary.bucket, summary.key) >= 2 * 2 + 3
     assert not _open_uploads(store, summary.bucket, summary.export_id)
     assert not list(store.keys(summary.bucket, f"staging/{summary.export_id}/"))
-    assert _data_entries(archive) == _data_entries(staged_route_archive(store, conf))
+    assert data_entries(archive) == data_entries(staged_route_archive(store, conf))
 
     (tmp_path / "a.zip").write_bytes(archive)
     root = unpack(tmp_path / "a.zip", tmp_path)

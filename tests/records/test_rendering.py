@@ -17,7 +17,7 @@ from portability.records.rendering import RenderedBatch
 from portability.records.schemas import BOOLEAN, INTEGER, JSON, STRING, STRING_LIST, TIMESTAMP
 from portability.records.validation import BatchValidator
 from portability.records.values import neutralise_formula
-from tests.unit.record_batches import (
+from tests.helpers.record_batches import (
     CATEGORIES,
     INT64_MAX,
     INT64_MIN,

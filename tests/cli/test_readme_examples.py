@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.e2e
 EXPORTED = re.compile(r"^export (\w+)='(.*)'$")

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import pytest
 
-from tests.archive_checks import check_counts_and_isolation, check_round_trip, check_standard_tools, unpack
-from tests.conftest import BAD_ACCOUNT
+from tests.helpers.accounts import BAD_ACCOUNT
+from tests.helpers.archive_checks import check_counts_and_isolation, check_round_trip, check_standard_tools, unpack
+from tests.helpers.exports import PIECE_ROWS, data_entries, export_archive, staged_route_archive
 
 pytestmark = pytest.mark.e2e
 ALL_FORMATS = ["csv", "jsonl", "parquet"]
-PIECE_ROWS = 15  # the e2e accounts have 40 or 300 contacts and more list memberships: several pieces each
-
-
-def _archive(store, plan: dict, snapshot: dict, shard_rows: int, reverse: bool) -> tuple[bytes, int]:
-    """Export the staged snapshot with one shard grouping, shards run in the given order; the archive's bytes."""
-    from portability.pipeline import export
-
-    current = replace(plan, shard_rows=shard_rows)
-    work = [shard for category in plan.categories for shard in export.shards(current, snapshot, category)]
-    results = [export.export_shard(current, snapshot, shard) for shard in (reversed(work) if reverse else work)]
-    summary = export.package(current, snapshot, results)
-    data = store.read_bytes(summary.bucket, summary.key)
-    # Unpublish it, so the next grouping really builds its own archive.
-    store.delete_prefix(summary.bucket, f"exports/{plan.export_id}/")
-    return data, len(work)
-
-
-def staged_route_archive(store, conf: dict) -> bytes:
-    """The archive of `conf` exported as the DAG does: snapshot staged, one shard per piece, run in reverse."""
-    from portability.pipeline import export
-
-    plan = export.plan(conf, str(uuid.uuid4()))
-    snapshot = export.take_snapshot(plan)
-    try:
-        return _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)[0]
-    finally:
-        export.cleanup(plan.export_id, snapshot)
 
 
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
@@ -50,9 +23,9 @@ def test_sharded_archive_is_byte_identical(seeded, store, db, monkeypatch, tmp_p
     snapshot = export.take_snapshot(plan)
     try:
         assert len(snapshot.pieces["contacts"]) > 1
-        whole, whole_tasks = _archive(store, plan, snapshot, shard_rows=10**9, reverse=False)
-        per_piece, piece_tasks = _archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)
-        pairs, pair_tasks = _archive(store, plan, snapshot, shard_rows=2 * PIECE_ROWS, reverse=False)
+        whole, whole_tasks = export_archive(store, plan, snapshot, shard_rows=10**9, reverse=False)
+        per_piece, piece_tasks = export_archive(store, plan, snapshot, shard_rows=PIECE_ROWS, reverse=True)
+        pairs, pair_tasks = export_archive(store, plan, snapshot, shard_rows=2 * PIECE_ROWS, reverse=False)
     finally:
         export.cleanup(plan.export_id, snapshot)
     assert whole_tasks == len(plan.categories) < pair_tasks < piece_tasks
@@ -89,7 +62,7 @@ def test_dag_maps_a_big_category_over_shards(seeded, run_dag, store, db, tmp_pat
     # The command (one process, one pass) writes the same data files, byte for byte.
     one_pass = export.run_export({"account_id": "e2e-00003", "categories": ["contacts", "list_members"]},
                                  str(uuid.uuid4()))
-    assert _data_entries(store.read_bytes(one_pass.bucket, one_pass.key)) == _data_entries(sharded)
+    assert data_entries(store.read_bytes(one_pass.bucket, one_pass.key)) == data_entries(sharded)
 
 
 def test_dag_exports_an_account_in_one_shard_in_one_task(seeded, run_dag, store):
@@ -99,24 +72,6 @@ def test_dag_exports_an_account_in_one_shard_in_one_task(seeded, run_dag, store)
     assert run["tasks"]["export_account"] == "success" and run["tasks"]["export_shard"] == "skipped"
     assert run["tasks"]["package"] == "success" and run["tasks"]["deliver"] == "success"
     assert "snapshot of contacts" in run["output"]
-
-
-def _data_entries(archive: bytes) -> dict[str, tuple[int, int, bytes]]:
-    """Each data file of an archive by its path in the bag: (CRC, raw size, the compressed bytes as stored)."""
-    import io
-    import struct
-    import zipfile
-
-    entries = {}
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
-        for info in zf.infolist():
-            path = info.filename.split("/", 1)[1]
-            if not path.startswith("data/") or path.startswith(("data/schemas/", "data/datapackage")):
-                continue
-            name_len, extra_len = struct.unpack("<HH", archive[info.header_offset + 26:info.header_offset + 30])
-            start = info.header_offset + 30 + name_len + extra_len
-            entries[path] = (info.CRC, info.file_size, archive[start:start + info.compress_size])
-    return entries
 
 
 @pytest.mark.parametrize("account", ["e2e-00002", BAD_ACCOUNT])
@@ -131,6 +86,6 @@ def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store,
     staged = staged_route_archive(store, conf)
     assert not list(store.keys(summary.bucket, f"staging/{summary.export_id}/"))  # the command cleaned up
 
-    files = _data_entries(one_pass)
-    assert files == _data_entries(staged)
+    files = data_entries(one_pass)
+    assert files == data_entries(staged)
     assert "data/contacts.csv" in files and ("data/errors/contacts.jsonl" in files) == (account == BAD_ACCOUNT)

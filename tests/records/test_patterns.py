@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from portability.records import patterns
 from portability.records.patterns import to_re2
-from tests.unit.record_batches import SCHEMAS, SPECIAL_CHARS, UTF8, examples
+from tests.helpers.record_batches import SCHEMAS, SPECIAL_CHARS, UTF8, examples
 
 SETTINGS = settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 
