@@ -120,9 +120,11 @@ def test_columns_follow_the_schema(schemas):
 def test_manifest_schema_accepts_a_manifest(schemas):
     from portability.archive.packaging import build_manifest
 
-    plan = {"export_id": "6f1f5d2e-3f7b-5c53-9d1e-7a0c4b8e2a41", "account_id": "acme", "categories": ["contacts"],
-            "formats": ["csv"]}
-    snapshot = {"region": "us", "snapshot_at": TS}
+    from portability.pipeline.model import Plan, Snapshot
+
+    plan = Plan(export_id="6f1f5d2e-3f7b-5c53-9d1e-7a0c4b8e2a41", account_id="acme", categories=("contacts",),
+                formats=("csv",), expires_in_hours=72, on_invalid="quarantine", piece_rows=10, shard_rows=10)
+    snapshot = Snapshot(bucket="exports-us", snapshot_at=TS, region="us")
     file = {"path": "data/contacts.csv", "format": "csv", "bytes": 10, "sha256": "0" * 64}
     results = [{"category": "contacts", "source_count": 2, "exported": 1, "quarantined": 1, "files": [file],
                 "errors": {**file, "path": "data/errors/contacts.jsonl", "format": "jsonl"}}]

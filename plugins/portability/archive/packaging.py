@@ -67,8 +67,8 @@ def build_manifest(plan: Plan, snapshot: Snapshot, results: list[dict]) -> dict:
         "account_id": plan.account_id,
         "region": snapshot.region,
         "snapshot_at": snapshot.snapshot_at,
-        "categories": plan.categories,
-        "formats": plan.formats,
+        "categories": list(plan.categories),
+        "formats": list(plan.formats),
         "contents": {
             r["category"]: {
                 "source_count": r["source_count"],
