@@ -11,9 +11,9 @@ into the archive's upload. A bigger account is staged in the region's bucket and
 (dynamic task mapping) are shared by any number of workers; `package` then assembles the archive.
 The archive is byte-for-byte the same on either route, however it was sharded.
 
-The run's summary (export id, archive key, counts and sha256; never the link) is the return
-value of `package`. Each run is recorded in the request ledger: `deliver` sends the link to the
-requesters, and a task that fails for good marks the request failed with its error.
+Each run is recorded in the request ledger: `deliver` sends the link to the requesters and returns
+the run's summary (export id, archive key, counts and sha256; never the link), and a task that
+fails for good marks the request failed with its error.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def export_account(plan: dict) -> list[dict]:
         if not export.needs_shards(current):
             ti.xcom_push("summary", export.export_in_process(current).to_xcom())
             return []
+        ti.xcom_push("summary", None)  # packaged by `package` once the shards are exported
         snap = export.take_snapshot(current)
     except export.AccountNotFound as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot make the account appear
@@ -106,36 +107,31 @@ def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
         raise AirflowFailException(str(exc)) from None  # on_invalid=fail: the data will not change on retry
 
 
-# Runs after export_account alone (an account in one shard: no shard to map) or after the shards.
-@task(trigger_rule="none_failed_min_one_success")
-def package(plan: dict, results: list) -> dict:
-    """Zip the bag into the region's bucket (it becomes visible only when complete); returns the summary."""
-    from airflow.sdk.exceptions import AirflowSkipException
-
+@task
+def package(plan: dict, snapshot: dict, results: list) -> dict:
+    """Zip a sharded account's bag into the region's bucket (it becomes visible only when complete)."""
     from portability.pipeline import export
-    from portability.pipeline.model import Plan, ShardResult, Snapshot, Summary
+    from portability.pipeline.model import Plan, ShardResult, Snapshot
 
-    ti = get_current_context()["ti"]
-    exported_whole = ti.xcom_pull(task_ids="export_account", key="summary")
-    snapshot = ti.xcom_pull(task_ids="export_account", key="snapshot")
-    if exported_whole is not None:
-        summary = Summary.from_xcom(exported_whole)
-    elif snapshot is not None:
-        summary = export.package(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot),
-                                 [ShardResult.from_xcom(result) for result in results])
-    else:  # export_account was skipped: the request joined another export, or was cancelled
-        raise AirflowSkipException("nothing was exported by this run")
-    print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, key {summary.key}")
+    summary = export.package(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot),
+                             [ShardResult.from_xcom(result) for result in results])
     return summary.to_xcom()
 
 
-@task
-def deliver(summary: dict) -> dict:
-    """Record the archive in the request ledger and send each requester the link (email, signed webhook)."""
+# After export_account alone (an account exported whole: no shard, so package is skipped) or after package.
+@task(trigger_rule="none_failed_min_one_success")
+def deliver(exported_whole: dict | None, packaged: dict | None) -> dict:
+    """Record the archive in the request ledger and send each requester the link (email, signed webhook).
+
+    Returns the run's summary (export id, archive key, bytes, sha256, counts; never the link) and
+    how many requesters were told.
+    """
     from portability import service
     from portability.pipeline.model import Summary
 
-    return service.deliver(Summary.from_xcom(summary))
+    summary = Summary.from_xcom(exported_whole or packaged)
+    print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, key {summary.key}")
+    return {**summary.to_xcom(), "notifications": service.deliver(summary)}
 
 
 @task
@@ -168,10 +164,11 @@ def account_export():
     plan = validate_request()
     shards = export_account(plan)
     results = export_shard.partial(plan=plan, snapshot=shards["snapshot"]).expand(shard=shards)
-    summary = package(plan, results)
-    deliver(summary)
+    packaged = package(plan, shards["snapshot"], results)
+    deliver(shards["summary"], packaged)
     # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
-    summary >> cleanup().as_teardown()
+    # Once the archive is out it runs beside deliver, which may wait on a slow webhook.
+    packaged >> cleanup().as_teardown()
 
 
 account_export()

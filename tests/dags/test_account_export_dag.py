@@ -40,7 +40,7 @@ def test_dag_publishes_a_verified_archive(seeded, run_dag, store, db, tmp_path):
 
     run = run_dag({"account_id": "e2e-00001", "formats": ["csv", "jsonl", "parquet"]})
     assert run["state"] == "success", run["output"][-4000:]
-    assert run["tasks"]["package"] == "success" and run["tasks"]["cleanup"] == "success"
+    assert run["tasks"]["deliver"] == "success" and run["tasks"]["cleanup"] == "success"
     export_id = export_id_of(run)
     assert "X-Amz-Signature" not in run["output"]  # no link in any task log
 
@@ -79,7 +79,7 @@ def test_dag_on_invalid_fail_publishes_nothing(seeded, run_dag, store):
     run = run_dag({"account_id": BAD_ACCOUNT, "categories": ["contacts"], "on_invalid": "fail"})
     assert run["state"] == "failed"
     assert run["tasks"]["export_account"] == "failed"  # the account fits in one shard: one task exports it
-    assert run["tasks"]["package"] == "upstream_failed"
+    assert run["tasks"]["deliver"] == "upstream_failed"
     assert not archive_keys(store, export_id_of(run))
     assert not staging_keys(store, export_id_of(run))
     assert json.dumps("planted-invalid-address") not in run["output"]

@@ -79,7 +79,7 @@ def test_account_export_runs_the_pipelines_steps(dagbag):
     """The same steps as the command; only the shards of a big account are mapped tasks."""
     dag = dagbag.dags["account_export"]
     assert set(dag.task_ids) == {"validate_request", "export_account", "export_shard", "package", "deliver", "cleanup"}
-    assert dag.get_task("package").trigger_rule == "none_failed_min_one_success"
+    assert dag.get_task("deliver").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("cleanup").is_teardown
 
 
