@@ -80,7 +80,6 @@ def export_account(plan: dict) -> list[dict]:
         if not export.needs_shards(current):
             ti.xcom_push("summary", export.export_in_process(current).to_xcom())
             return []
-        ti.xcom_push("summary", None)  # packaged by `package` once the shards are exported
         snap = export.take_snapshot(current)
     except export.AccountNotFound as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot make the account appear
@@ -120,7 +119,7 @@ def package(plan: dict, snapshot: dict, results: list) -> dict:
 
 # After export_account alone (an account exported whole: no shard, so package is skipped) or after package.
 @task(trigger_rule="none_failed_min_one_success")
-def deliver(exported_whole: dict | None, packaged: dict | None) -> dict:
+def deliver(packaged: dict | None) -> dict:
     """Record the archive in the request ledger and send each requester the link (email, signed webhook).
 
     Returns the run's summary (export id, archive key, bytes, sha256, counts; never the link) and
@@ -129,6 +128,7 @@ def deliver(exported_whole: dict | None, packaged: dict | None) -> dict:
     from portability import service
     from portability.pipeline.model import Summary
 
+    exported_whole = get_current_context()["ti"].xcom_pull(task_ids="export_account", key="summary")
     summary = Summary.from_xcom(exported_whole or packaged)
     print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, key {summary.key}")
     return {**summary.to_xcom(), "notifications": service.deliver(summary)}
@@ -165,7 +165,7 @@ def account_export():
     shards = export_account(plan)
     results = export_shard.partial(plan=plan, snapshot=shards["snapshot"]).expand(shard=shards)
     packaged = package(plan, shards["snapshot"], results)
-    deliver(shards["summary"], packaged)
+    shards >> deliver(packaged)
     # A teardown runs even after a failure and, unlike a plain leaf, cannot turn a failed run green.
     # Once the archive is out it runs beside deliver, which may wait on a slow webhook.
     packaged >> cleanup().as_teardown()

@@ -167,11 +167,11 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     from portability.service.request import parse_request
 
     summary, request_id = service.export_now({"account_id": US_ACCOUNT, "categories": ["domains"]})
-    link = service.link(summary["export_id"], 1, request_id=request_id)
+    link = service.link(summary.export_id, 1, request_id=request_id)
     assert download(link.url)[:4] == b"PK\x03\x04"
     with ledger.connect() as conn:
         conn.execute("UPDATE exports SET retain_until = now() - interval '1 minute' WHERE export_id = %s",
-                     (summary["export_id"],))
+                     (summary.export_id,))
         # A request nobody served, 40 days old: past its one-month deadline.
         late = ledger.submit(conn, parse_request({"account_id": "late-00001"}, SchemaSet()).to_dict(),
                              requested_by="forgotten ticket")
@@ -192,12 +192,12 @@ def test_cleanup_dag_deletes_archives_past_retention_and_alerts_on_deadlines(air
     assert again["overdue"] >= 1 and again["alerted"] is False
     assert len([m for m in mailbox.messages if about_late(m)]) == 1
     assert refused(link.url) == 404
-    assert not list(store.keys(summary["bucket"], f"exports/{summary['export_id']}/"))
+    assert not list(store.keys(summary.bucket, f"exports/{summary.export_id}/"))
     with ledger.connect() as conn:
         record = conn.execute("SELECT state, expiry_reason FROM exports WHERE export_id = %s",
-                              (summary["export_id"],)).fetchone()
+                              (summary.export_id,)).fetchone()
     assert (record["state"], record["expiry_reason"]) == ("expired", "retention")
-    rules = store.client.get_bucket_lifecycle_configuration(Bucket=summary["bucket"])["Rules"]
+    rules = store.client.get_bucket_lifecycle_configuration(Bucket=summary.bucket)["Rules"]
     assert {r["Filter"]["Prefix"]: r["Expiration"]["Days"] for r in rules} == {"exports/": 31, "staging/": 2}
     assert all(r["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1} for r in rules)
 
