@@ -119,7 +119,6 @@ def test_columns_follow_the_schema(schemas):
 
 def test_manifest_schema_accepts_a_manifest(schemas):
     from portability.archive.packaging import build_manifest
-
     from portability.pipeline.model import Plan, Snapshot
 
     plan = Plan(export_id="6f1f5d2e-3f7b-5c53-9d1e-7a0c4b8e2a41", account_id="acme", categories=("contacts",),
