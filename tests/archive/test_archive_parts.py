@@ -1,4 +1,4 @@
-"""The command sends each big file's middle straight into the archive's parts; the archive is the staged route's."""
+"""The command sends each big file's parts straight into the archive's upload; the archive is the staged route's."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ NOISE_BYTES = 768 * 1024  # random bytes per contact, as base64: it barely defla
 
 @pytest.fixture(scope="module")
 def big_files_account(seeded, source_dsn) -> str:
-    """An account whose contacts files each deflate to several upload parts: a head, middles and a tail."""
+    """An account whose contacts files each deflate to several upload parts: a head, sent parts and a tail."""
     noise = random.Random(7)
     with psycopg.connect(source_dsn) as conn:
         conn.execute(
@@ -54,16 +54,16 @@ def _open_uploads(store, bucket: str, export_id: str) -> list[str]:
 
 def test_big_files_go_straight_into_the_archive_and_equal_the_staged_route(big_files_account, store, db,
                                                                            monkeypatch, tmp_path):
-    from portability.archive.parts import EDGE_BYTES, MIDDLE_BYTES
+    from portability.archive.parts import EDGE_BYTES, SENT_PART_BYTES
     from portability.pipeline import export
 
-    monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "15")  # several pieces, so middles span segments
+    monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "15")  # several pieces, so the parts sent early span pieces
     conf = {"account_id": big_files_account, "categories": ["contacts"], "formats": ["csv", "jsonl"]}
     summary = export.run_export(conf, str(uuid.uuid4()))
     archive = store.read_bytes(summary.bucket, summary.key)
     assert summary.bytes == len(archive) and summary.sha256 == hashlib.sha256(archive).hexdigest()
-    assert summary.bytes > 2 * (2 * EDGE_BYTES + 2 * MIDDLE_BYTES)  # both files have middles
-    # At least two middles per file, and the parts around them: the CSV's header and head, the CSV's
+    assert summary.bytes > 2 * (2 * EDGE_BYTES + 2 * SENT_PART_BYTES)  # both files have sent parts
+    # At least two sent parts per file, and the parts around them: the CSV's header and head, the CSV's
     # tail with the JSON Lines' header and head, and the JSON Lines' tail with the rest of the archive.
     assert _part_count(store, summary.bucket, summary.key) >= 2 * 2 + 3
     assert not _open_uploads(store, summary.bucket, summary.export_id)

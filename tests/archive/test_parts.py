@@ -20,10 +20,10 @@ def test_each_file_gets_its_own_numbers_in_archive_order_with_room_around_them(w
     previous_end = 1
     for file in files:
         numbers = ranges[file]
-        assert numbers.start - previous_end >= ROUTER_NUMBERS  # packaging's parts before this file's middles
+        assert numbers.start - previous_end >= ROUTER_NUMBERS  # packaging's parts before this file's sent parts
         assert len(numbers) >= 64
         previous_end = numbers.stop
-    assert MAX_PARTS + 1 - previous_end >= FINAL_NUMBERS  # the parts after every middle
+    assert MAX_PARTS + 1 - previous_end >= FINAL_NUMBERS  # the parts after every sent part
 
 
 def test_numbers_follow_the_estimated_rows():

@@ -148,7 +148,7 @@ def test_an_empty_archive_is_its_end_record_as_with_zipfile():
     assert _ours(0, lambda archive: None) == _zipfile_bytes(0, lambda archive: None) == b"PK\x05\x06" + bytes(18)
 
 
-def _segments_entry(archive: ZipWriter, name: str, data: bytes) -> bytes:
+def _deflated_pieces_entry(archive: ZipWriter, name: str, data: bytes) -> bytes:
     deflated = _deflated(data)
     archive.write_deflated(name, crc32=zlib.crc32(data), raw_bytes=len(data), deflated_bytes=len(deflated),
                            copy=lambda sink: sink.write(deflated))
@@ -158,8 +158,8 @@ def _segments_entry(archive: ZipWriter, name: str, data: bytes) -> bytes:
 def test_pre_deflated_entries_read_back_with_zipfile_and_their_header_is_zipinfos():
     stream = Stream()
     with ZipWriter(stream, date_time=STAMP) as archive:
-        _segments_entry(archive, "r/data/contacts.csv", b"id,email\n" + b"1,a@example.com\n" * 10000)
-        _segments_entry(archive, "r/data/ünï.jsonl", b'{"a": 1}\n' * 3)
+        _deflated_pieces_entry(archive, "r/data/contacts.csv", b"id,email\n" + b"1,a@example.com\n" * 10000)
+        _deflated_pieces_entry(archive, "r/data/ünï.jsonl", b'{"a": 1}\n' * 3)
         archive.write_bytes("r/manifest.json", b"{}\n")
     with zipfile.ZipFile(stream.view()) as back:
         assert back.testzip() is None

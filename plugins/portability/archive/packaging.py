@@ -2,7 +2,7 @@
 
 The ZIP is written in one pass to a stream: first the data files, their checksums taken as
 they pass, then the files that describe them (datapackage.json, schemas, manifest, bag tag
-files). Text files are the concatenation of their pieces' deflated segments, copied without
+files). Text files are the concatenation of their pieces' deflated pieces, copied without
 recompressing; Parquet files are assembled from the staged pieces with fixed row groups.
 Every byte is derived from the export's content and its snapshot instant, so the same
 export always gives the same archive, however its work was spread over tasks.
@@ -19,8 +19,8 @@ from datetime import datetime
 from functools import partial
 
 from portability import __version__
+from portability.archive.deflate import FINAL_BLOCK, DeflatedPiece, InflatingDigest, combine
 from portability.archive.parts import ArchiveParts
-from portability.archive.segments import FINAL_BLOCK, InflatingDigest, Segment, combine
 from portability.archive.zipwriter import ZipWriter
 from portability.pipeline.model import CategoryResult, PieceResult, Plan, Snapshot
 from portability.pipeline.pieces import MEDIA_TYPES, TEXT_FORMATS, valid_mask
@@ -36,7 +36,7 @@ _HASHERS = 2
 class StagedSources:
     """Where the packaging step reads what the earlier steps staged."""
 
-    open_segment: Callable[[str, int, str], object]  # (category, piece, kind) -> readable stream
+    open_deflated: Callable[[str, int, str], object]  # (category, piece, kind) -> readable stream
     open_piece: Callable[[str, int], object]         # (category, piece) -> Arrow record batch reader
     invalid_rows: Callable[[str, int], list[int]]    # (category, piece) -> quarantined row offsets
     # The command's route: text files already on their way into the archive's parts (see `parts`);
@@ -166,14 +166,15 @@ def write_archive(sink, *, plan: Plan, snapshot: Snapshot, results: list[Categor
     def entry(path: str) -> str:
         return f"{root}/{path}"
 
-    def segments(category: str, pieces: tuple[PieceResult, ...], kind: str) -> list[tuple[Segment, Callable]]:
+    def deflated_pieces(category: str, pieces: tuple[PieceResult, ...],
+                        kind: str) -> list[tuple[DeflatedPiece, Callable]]:
         return [((p.errors if kind == "errors" else p.files[kind]),
-                 partial(sources.open_segment, category, p.piece, kind)) for p in pieces]
+                 partial(sources.open_deflated, category, p.piece, kind)) for p in pieces]
 
-    def write_text(path: str, category: str, kind: str, parts: list[tuple[Segment, Callable]]) -> int:
+    def write_text(path: str, category: str, kind: str, deflated: list[tuple[DeflatedPiece, Callable]]) -> int:
         if sources.parts is None:
-            return _write_segments(archive, entry(path), parts)
-        return _write_sent_file(archive, entry(path), [segment for segment, _ in parts], sources.parts,
+            return _copy_deflated_pieces(archive, entry(path), deflated)
+        return _write_sent_file(archive, entry(path), [deflated_piece for deflated_piece, _ in deflated], sources.parts,
                                 category, kind)
 
     described, payload = [], []
@@ -188,9 +189,9 @@ def write_archive(sink, *, plan: Plan, snapshot: Snapshot, results: list[Categor
             for fmt in plan.formats:
                 path = f"data/{category}.{fmt}"
                 if fmt in TEXT_FORMATS:
-                    parts = segments(category, pieces, fmt)
-                    sha256 = result.sha256.get(fmt) or hashers.submit(_digest, parts)
-                    size = write_text(path, category, fmt, parts)
+                    deflated = deflated_pieces(category, pieces, fmt)
+                    sha256 = result.sha256.get(fmt) or hashers.submit(_digest, deflated)
+                    size = write_text(path, category, fmt, deflated)
                 else:
                     size, sha256 = _write_parquet(archive, entry(path), schemas, category, pieces, sources)
                 files.append({"path": path, "format": fmt, "bytes": size, "sha256": sha256})
@@ -198,9 +199,9 @@ def write_archive(sink, *, plan: Plan, snapshot: Snapshot, results: list[Categor
             with_errors = [p for p in pieces if p.errors]
             if with_errors:
                 path = f"data/errors/{category}.jsonl"
-                parts = segments(category, with_errors, "errors")
-                sha256 = result.sha256.get("errors") or hashers.submit(_digest, parts)
-                errors = {"path": path, "format": "jsonl", "bytes": write_text(path, category, "errors", parts),
+                deflated = deflated_pieces(category, with_errors, "errors")
+                sha256 = result.sha256.get("errors") or hashers.submit(_digest, deflated)
+                errors = {"path": path, "format": "jsonl", "bytes": write_text(path, category, "errors", deflated),
                           "sha256": sha256}
             described.append({"category": category, "source_count": result.source_count,
                               "exported": result.exported, "quarantined": result.quarantined,
@@ -219,37 +220,37 @@ def write_archive(sink, *, plan: Plan, snapshot: Snapshot, results: list[Categor
     return described
 
 
-def _write_segments(archive: ZipWriter, name: str, segments: list) -> int:
-    """One deflated entry made of pre-compressed segments, copied as they are; returns the raw size."""
+def _copy_deflated_pieces(archive: ZipWriter, name: str, deflated_pieces: list) -> int:
+    """One deflated entry made of its pieces' deflated bytes, copied as they are; returns the raw size."""
     def copy(sink) -> None:
-        for segment, open_segment in segments:
-            _copy(open_segment(), sink, segment.deflated_bytes, f"a staged piece of {name}")
+        for deflated_piece, open_deflated in deflated_pieces:
+            _copy(open_deflated(), sink, deflated_piece.deflated_bytes, f"a staged piece of {name}")
 
-    return _write_deflated(archive, name, combine([segment for segment, _ in segments]), copy)
+    return _write_deflated(archive, name, combine([deflated_piece for deflated_piece, _ in deflated_pieces]), copy)
 
 
-def _write_sent_file(archive: ZipWriter, name: str, segments: list[Segment], parts: ArchiveParts,
+def _write_sent_file(archive: ZipWriter, name: str, deflated_pieces: list[DeflatedPiece], parts: ArchiveParts,
                      category: str, kind: str) -> int:
-    """One deflated entry whose middle is already in the archive's parts: its head, a skip, its tail."""
+    """One deflated entry whose sent parts are already in the archive's upload: its head, a skip, its tail."""
     layout = parts.layout(category, kind)
-    total = combine(segments)
+    total = combine(deflated_pieces)
 
     def copy(sink) -> None:
         if layout.total != total.deflated_bytes - len(FINAL_BLOCK):
             raise ValueError(f"{name}: its parts hold {layout.total} bytes, not the "
                              f"{total.deflated_bytes - len(FINAL_BLOCK)} its pieces wrote; rerun the export")
-        def kept(end: str, size: int) -> None:
-            _copy(parts.open_kept(category, kind, end), sink, size, f"the kept {end} of {name}")
+        def held(end: str, size: int) -> None:
+            _copy(parts.open_held(category, kind, end), sink, size, f"the held-back {end} of {name}")
 
-        kept("head", layout.head_bytes)
-        sink.skip(layout.middles)  # the sink is the archive's PartRouter
-        if layout.middles or layout.tail_bytes:
-            kept("tail", layout.tail_bytes)
+        held("head", layout.head_bytes)
+        sink.skip(layout.sent_parts)  # the sink is the archive's PartRouter
+        if layout.sent_parts or layout.tail_bytes:
+            held("tail", layout.tail_bytes)
 
     return _write_deflated(archive, name, total, copy)
 
 
-def _write_deflated(archive: ZipWriter, name: str, total: Segment, copy: Callable[[object], None]) -> int:
+def _write_deflated(archive: ZipWriter, name: str, total: DeflatedPiece, copy: Callable[[object], None]) -> int:
     """A deflated entry whose compressed bytes `copy(sink)` writes, then the final block; returns the raw size.
 
     The sizes and CRC are known up front from the pieces, so they go into the local header.
@@ -273,15 +274,15 @@ def _copy(stream, target, expected: int, what: str) -> None:
                          "it was written; rerun the export")
 
 
-def _digest(segments: list) -> str:
-    """The SHA-256 of the raw file the segments make, after checking its length and CRC against the pieces'."""
+def _digest(deflated_pieces: list) -> str:
+    """The SHA-256 of the raw file the deflated pieces make, after checking its length and CRC against the pieces'."""
     digest = InflatingDigest()
-    for _, open_segment in segments:
-        stream = open_segment()
+    for _, open_deflated in deflated_pieces:
+        stream = open_deflated()
         while chunk := stream.read(_COPY_BYTES):
             digest.update(chunk)
     digest.update(FINAL_BLOCK)
-    return digest.finish(combine([segment for segment, _ in segments]))
+    return digest.finish(combine([deflated_piece for deflated_piece, _ in deflated_pieces]))
 
 
 class _Counting:

@@ -1,7 +1,7 @@
 """A small ZIP writer for a stream that cannot seek, taking entries whose deflated bytes are already made.
 
 The standard `zipfile` cannot take compressed data through its public API, and the archive's text
-files are the concatenation of deflated pieces (see `segments`). This module writes the whole
+files are the concatenation of deflated pieces (see `archive.deflate`). This module writes the whole
 archive, byte for byte as `zipfile.ZipFile(sink, "w", allowZip64=True)` wrote it on a stream
 without `seek` (Python 3.11), so archives stay the same as before it existed:
 

@@ -92,7 +92,7 @@ def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts) -> t
 
     Each category's pieces are validated and written in key order as they are read, so each
     file's SHA-256 is taken on the way, and each file's deflated bytes go into the archive's
-    upload as they are made (see `parts`). The segments are the same bytes as the staged
+    upload as they are made (see `parts`). The deflated pieces are the same bytes as the staged
     route's, so the archive is too. Parquet is assembled from staged rows, so a request for it
     takes `take_snapshot` instead. Returns the snapshot and one shard result per category.
     """
@@ -297,7 +297,8 @@ def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStor
 def _write_piece(plan: Plan, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
                  bucket: str, running: dict | None = None, open_sink: Callable | None = None,
                  references: tuple[Reference, ...] = ()) -> PieceResult:
-    """One piece's segments (and quarantine list), each under its staging key unless `open_sink` says where.
+    """One piece's deflated bytes of each file (and its quarantine list), under staging keys unless `open_sink`
+    says where.
 
     See `pieces.export_piece`.
     """
@@ -305,8 +306,8 @@ def _write_piece(plan: Plan, category: str, piece: int, batches, schemas: Schema
 
     return export_piece(
         plan, category, piece, batches, schemas, store=store, bucket=bucket,
-        open_sink=open_sink or (lambda kind: store.upload(bucket, keys.segment(plan.export_id, category, piece,
-                                                                                kind))),
+        open_sink=open_sink or (lambda kind: store.upload(
+            bucket, keys.deflated_piece(plan.export_id, category, piece, kind))),
         invalid_rows_key=keys.invalid_rows(plan.export_id, category, piece), running=running,
         references=references,
     )
@@ -389,7 +390,8 @@ def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
 
     results = category_results(plan, snapshot, shard_results)
     sources = packaging.StagedSources(
-        open_segment=lambda category, piece, kind: store.open(bucket, keys.segment(export_id, category, piece, kind)),
+        open_deflated=lambda category, piece, kind: store.open(
+            bucket, keys.deflated_piece(export_id, category, piece, kind)),
         open_piece=lambda category, piece: _open_piece(store, bucket, export_id, category, piece,
                                                        snapshot.snapshot_at),
         invalid_rows=lambda category, piece: json.loads(

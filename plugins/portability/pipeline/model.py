@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from portability.archive.segments import Segment
+from portability.archive.deflate import DeflatedPiece
 
 
 class _Record:
@@ -88,14 +88,14 @@ class Shard(_Record):
 
 @dataclass(frozen=True)
 class PieceResult(_Record):
-    """One piece exported: its rows, and the deflated segment it wrote of each text file (kind -> segment)."""
+    """One piece exported: its rows, and the deflated piece it wrote of each text file (kind -> deflated piece)."""
 
     piece: int
     rows: int
     exported: int
     quarantined: int
-    files: dict[str, Segment]
-    errors: Segment | None = None
+    files: dict[str, DeflatedPiece]
+    errors: DeflatedPiece | None = None
 
     def to_xcom(self) -> dict:
         return {"piece": self.piece, "rows": self.rows, "exported": self.exported, "quarantined": self.quarantined,
@@ -105,8 +105,8 @@ class PieceResult(_Record):
     @classmethod
     def from_xcom(cls, value: dict) -> PieceResult:
         return cls(value["piece"], value["rows"], value["exported"], value["quarantined"],
-                   {kind: Segment(**s) for kind, s in value["files"].items()},
-                   Segment(**value["errors"]) if value.get("errors") else None)
+                   {kind: DeflatedPiece(**s) for kind, s in value["files"].items()},
+                   DeflatedPiece(**value["errors"]) if value.get("errors") else None)
 
 
 @dataclass(frozen=True)

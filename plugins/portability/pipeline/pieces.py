@@ -1,7 +1,7 @@
 """One piece of a category: validate its staged rows and write its part of each text file.
 
-Each text file (CSV, JSON Lines, and the quarantine file) gets one deflated segment per piece
-(see `segments`), streamed to staging as it is produced. Batches go through Arrow kernels
+Each text file (CSV, JSON Lines, and the quarantine file) gets one deflated piece per piece
+(see `archive.deflate`), streamed to staging as it is produced. Batches go through Arrow kernels
 from end to end: validation, rendering, CSV writing; nothing per row in Python except for
 the rare suspect rows the full validator judges.
 """
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from portability.archive.segments import LARGE_CHUNK_BYTES, PipelinedWriter, SegmentWriter
+from portability.archive.deflate import LARGE_CHUNK_BYTES, PieceDeflater, PipelinedWriter
 from portability.pipeline.model import PieceResult, Plan
 from portability.records.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.records.schemas import SchemaSet
@@ -70,9 +70,9 @@ class _CsvSink:
 def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
                  open_sink: Callable[[str], AbstractContextManager], invalid_rows_key: str,
                  running: dict | None = None, references=()) -> PieceResult:
-    """Validate a piece's batches and write its segment of each text file.
+    """Validate a piece's batches and write its deflated piece of each text file.
 
-    `open_sink(kind)` (kind: a format or 'errors') gives the stream a segment is deflated into;
+    `open_sink(kind)` (kind: a format or 'errors') gives the stream a piece of that file is deflated into;
     the errors stream is opened only for a piece with invalid records. `running` hashes, by
     kind, are updated with the raw bytes written. `references` are the mapping's for the
     category: a record pointing outside the account is quarantined with that reason.
@@ -85,7 +85,7 @@ def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaS
     invalid_rows: list[int] = []
     with ExitStack() as stack:
         def writer(kind: str) -> PipelinedWriter:
-            pipelined = PipelinedWriter(SegmentWriter(stack.enter_context(open_sink(kind)), running.get(kind)))
+            pipelined = PipelinedWriter(PieceDeflater(stack.enter_context(open_sink(kind)), running.get(kind)))
             stack.callback(pipelined.stop)  # on failure too: no thread outlives the piece
             return pipelined
 
@@ -113,12 +113,12 @@ def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaS
                     writers["jsonl"].write(text_bytes(json_lines(rendered)))
             rows += batch.num_rows
             exported += rendered.num_rows
-        segments = {fmt: writer.close() for fmt, writer in writers.items()}
-        error_segment = errors.close() if errors else None
+        deflated_pieces = {fmt: writer.close() for fmt, writer in writers.items()}
+        deflated_errors = errors.close() if errors else None
     if invalid_rows:
         # Parquet is assembled at packaging from the staged pieces; it needs to know which rows to leave out.
         store.put_bytes(bucket, invalid_rows_key, json.dumps(invalid_rows).encode(), content_type="application/json")
-    return PieceResult(piece, rows, exported, len(invalid_rows), segments, error_segment)
+    return PieceResult(piece, rows, exported, len(invalid_rows), deflated_pieces, deflated_errors)
 
 
 def _error_lines(rendered: RenderedBatch, problems: dict[int, list[dict]]) -> bytes:

@@ -3,7 +3,7 @@
     exports/<export_id>/<token>/<archive name>.zip    the archive (the token: only holders of the key secret
     exports/<export_id>/<token>/summary.json          can derive it) and its summary, kept for the retention
     staging/<export_id>/snapshot/<category>/<piece>.arrows          a piece of the snapshot (Arrow IPC, LZ4)
-    staging/<export_id>/files/<category>/<piece>.<kind>.deflate     a piece's deflated segment of a file
+    staging/<export_id>/files/<category>/<piece>.<kind>.deflate     a piece's deflated piece of a file
     staging/<export_id>/files/<category>/<piece>.invalid.json       a piece's quarantined rows
 
 Only checked names reach a key: account ids by the request schema's pattern, export ids as UUIDs.
@@ -55,7 +55,7 @@ def snapshot_piece(export_id: str, category: str, piece: int) -> str:
     return f"{staging_prefix(export_id)}snapshot/{category}/{piece:05d}.arrows"
 
 
-def segment(export_id: str, category: str, piece: int, kind: str) -> str:
+def deflated_piece(export_id: str, category: str, piece: int, kind: str) -> str:
     """A piece of one output file: kind is a text format or 'errors'."""
     return f"{staging_prefix(export_id)}files/{category}/{piece:05d}.{kind}.deflate"
 

@@ -1,4 +1,4 @@
-"""Deflated segments: a huge chunk is deflated in place and at once, and gives the same bytes as any chunk."""
+"""Deflated pieces: a huge chunk is deflated in place and at once, and gives the same bytes as any chunk."""
 
 from __future__ import annotations
 
@@ -8,34 +8,34 @@ import io
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from portability.archive import segments
-from portability.archive.segments import FINAL_BLOCK, InflatingDigest, PipelinedWriter, SegmentWriter, combine
+from portability.archive import deflate
+from portability.archive.deflate import FINAL_BLOCK, InflatingDigest, PieceDeflater, PipelinedWriter, combine
 from portability.pipeline import pieces
 from portability.records.rendering import RenderedBatch, csv_batch
 from portability.records.schemas import SchemaSet, arrow_schema
 
 
-def _deflated(chunks: list[bytes], pipelined: bool) -> tuple[bytes, segments.Segment, str]:
+def _deflated(chunks: list[bytes], pipelined: bool) -> tuple[bytes, deflate.DeflatedPiece, str]:
     sink, running = io.BytesIO(), hashlib.sha256()
-    writer = SegmentWriter(sink, running)
+    writer = PieceDeflater(sink, running)
     if pipelined:
         writer = PipelinedWriter(writer)
     for chunk in chunks:
         writer.write(chunk)
-    segment = writer.close()
-    return sink.getvalue(), segment, running.hexdigest()
+    deflated_piece = writer.close()
+    return sink.getvalue(), deflated_piece, running.hexdigest()
 
 
-def test_a_large_chunk_gives_the_same_segment_as_a_plain_writer(monkeypatch):
-    monkeypatch.setattr(segments, "LARGE_CHUNK_BYTES", 1000)
+def test_a_large_chunk_gives_the_same_deflated_piece_as_a_plain_writer(monkeypatch):
+    monkeypatch.setattr(deflate, "LARGE_CHUNK_BYTES", 1000)
     chunks = [b"a,b\r\n" * 10, b'"x"' * 2000, b"small\r\n", bytes(range(256)) * 50, b"end\r\n"]
     assert _deflated(chunks, pipelined=True) == _deflated(chunks, pipelined=False)
 
 
 def test_a_large_chunk_is_deflated_before_write_returns(monkeypatch):
-    monkeypatch.setattr(segments, "LARGE_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(deflate, "LARGE_CHUNK_BYTES", 1000)
     running = hashlib.sha256()
-    writer = PipelinedWriter(SegmentWriter(io.BytesIO(), running))
+    writer = PipelinedWriter(PieceDeflater(io.BytesIO(), running))
     writer.write(b"s" * 10)          # waits on the thread
     big = bytearray(b"L" * 5000)
     writer.write(big)                # done by now: the caller may reuse the buffer
@@ -61,18 +61,18 @@ def test_csv_rows_written_from_arrows_own_buffer_are_the_streams_bytes(monkeypat
     for large in (10**9, 100):  # copied to the writer's thread; deflated from Arrow's buffer at once
         monkeypatch.setattr(pieces, "LARGE_CHUNK_BYTES", large)
         sink = io.BytesIO()
-        writer = PipelinedWriter(SegmentWriter(sink))
+        writer = PipelinedWriter(PieceDeflater(sink))
         pieces._write_csv_rows(rendered, writer)
-        segment = writer.close()
-        assert (sink.getvalue(), segment) == _deflated([expected], pipelined=False)[:2]
+        deflated_piece = writer.close()
+        assert (sink.getvalue(), deflated_piece) == _deflated([expected], pipelined=False)[:2]
 
 
 def test_inflating_digest_inflates_a_deflate_bomb_a_megabyte_at_a_time():
     raw = b"x" * (40 * 1024 * 1024)
     sink = io.BytesIO()
-    writer = SegmentWriter(sink)
+    writer = PieceDeflater(sink)
     writer.write(raw)
-    segment = writer.close()
+    deflated_piece = writer.close()
     compressed = sink.getvalue() + FINAL_BLOCK
     assert len(compressed) < 100_000
     digest = InflatingDigest()
@@ -91,5 +91,5 @@ def test_inflating_digest_inflates_a_deflate_bomb_a_megabyte_at_a_time():
 
     digest._inflater = Watching()
     digest.update(compressed)
-    assert digest.finish(combine([segment])) == hashlib.sha256(raw).hexdigest()
-    assert inflated_at_most <= segments.INFLATE_BYTES
+    assert digest.finish(combine([deflated_piece])) == hashlib.sha256(raw).hexdigest()
+    assert inflated_at_most <= deflate.INFLATE_BYTES

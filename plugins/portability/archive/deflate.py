@@ -25,7 +25,7 @@ LARGE_CHUNK_BYTES = 16 * 1024 * 1024  # a chunk this big is deflated before Pipe
 
 
 @dataclass(frozen=True)
-class Segment:
+class DeflatedPiece:
     """One compressed piece: its raw length and CRC-32, and its compressed length."""
 
     raw_bytes: int
@@ -36,7 +36,7 @@ class Segment:
         return {"raw_bytes": self.raw_bytes, "crc32": self.crc32, "deflated_bytes": self.deflated_bytes}
 
 
-class SegmentWriter:
+class PieceDeflater:
     """Deflates one piece into `sink`, keeping the raw length and CRC-32 (and updating `running`, a hash, if given)."""
 
     def __init__(self, sink, running=None):
@@ -54,9 +54,9 @@ class SegmentWriter:
             self._running.update(data)
         self._emit(self._compressor.compress(data))
 
-    def close(self) -> Segment:
+    def close(self) -> DeflatedPiece:
         self._emit(self._compressor.flush(isal_zlib.Z_SYNC_FLUSH))
-        return Segment(self._raw, self._crc, self._deflated)
+        return DeflatedPiece(self._raw, self._crc, self._deflated)
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -65,7 +65,7 @@ class SegmentWriter:
 
 
 class PipelinedWriter:
-    """A SegmentWriter fed from another thread: the caller hands over raw bytes and goes on with the next batch.
+    """A PieceDeflater fed from another thread: the caller hands over raw bytes and goes on with the next batch.
 
     ISA-L, CRC-32 and SHA-256 release the GIL, so one file's deflating and hashing run beside the
     Arrow work of the next batch and the other files' deflating. Bytes keep their order: each
@@ -75,7 +75,7 @@ class PipelinedWriter:
     rendered form at a time, not in several at once.
     """
 
-    def __init__(self, writer: SegmentWriter, depth: int = 1):
+    def __init__(self, writer: PieceDeflater, depth: int = 1):
         import queue
         import threading
 
@@ -110,7 +110,7 @@ class PipelinedWriter:
         self._raise_if_failed()
         self._writer.write(data)
 
-    def close(self) -> Segment:
+    def close(self) -> DeflatedPiece:
         self.stop()
         self._raise_if_failed()
         return self._writer.close()
@@ -126,14 +126,14 @@ class PipelinedWriter:
             raise self._error
 
 
-def combine(segments: list[Segment]) -> Segment:
+def combine(deflated_pieces: list[DeflatedPiece]) -> DeflatedPiece:
     """The whole file's raw length, CRC-32 and compressed length (with the final block)."""
     crc = raw = deflated = 0
-    for segment in segments:
-        crc = isal_zlib.crc32_combine(crc, segment.crc32, segment.raw_bytes)
-        raw += segment.raw_bytes
-        deflated += segment.deflated_bytes
-    return Segment(raw, crc, deflated + len(FINAL_BLOCK))
+    for deflated_piece in deflated_pieces:
+        crc = isal_zlib.crc32_combine(crc, deflated_piece.crc32, deflated_piece.raw_bytes)
+        raw += deflated_piece.raw_bytes
+        deflated += deflated_piece.deflated_bytes
+    return DeflatedPiece(raw, crc, deflated + len(FINAL_BLOCK))
 
 
 class InflatingDigest:
@@ -155,7 +155,7 @@ class InflatingDigest:
                 return
             data = self._inflater.decompress(self._inflater.unconsumed_tail, INFLATE_BYTES)
 
-    def finish(self, expected: Segment) -> str:
+    def finish(self, expected: DeflatedPiece) -> str:
         """The SHA-256 of the raw file, after checking it is exactly the bytes the pieces reported."""
         tail = self._inflater.flush()
         if tail:
