@@ -91,7 +91,7 @@ def build_datapackage(plan: Plan, snapshot: Snapshot, results: list[dict], schem
         columns = schemas.columns(category)
         for file in result["files"]:
             if file["format"] == "jsonl" and not result["exported"]:
-                # Frictionless (5.21) cannot read an empty JSON Lines file; the manifest still lists it.
+                # Frictionless cannot read an empty JSON Lines file; the manifest still lists it.
                 continue
             resource = {
                 "name": f"{category}-{file['format']}".replace("_", "-"),

@@ -275,7 +275,7 @@ def shards(plan: Plan, snapshot: Snapshot, category: str | None = None) -> list[
 def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStore | None = None) -> ShardResult:
     """Validate every record of a shard's pieces and write each piece of the requested text files.
 
-    A process running many shards passes one `store`: each S3 client costs about a megabyte.
+    A process running many shards passes one `store`: each S3 client holds its own connection pool and buffers.
     """
     from portability.pipeline import memory
 
