@@ -7,7 +7,7 @@ fails any of them, or has a value the compiled checks cannot judge (a keyword we
 compile, a JSON value that is not known to be valid JSON), is a suspect: it is rebuilt as a
 JSON document and judged by `jsonschema` itself, which also gives the quarantine reasons.
 So the verdict always equals `jsonschema`'s, and only unusual rows pay for it. The
-equivalence is proven by property-based tests (tests/unit/test_validation_equivalence.py).
+equivalence is proven by property-based tests (tests/records/test_validation_equivalence.py).
 """
 
 from __future__ import annotations
