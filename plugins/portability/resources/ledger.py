@@ -37,7 +37,7 @@ DAG_ID = "account_export"
 # application's `alembic_version`, Airflow's for one).
 MIGRATIONS = Path(__file__).with_name("ledger_migrations")
 VERSION_TABLE = "portability_ledger_version"
-SCHEMA_HEAD = "0001"  # the newest revision in ledger_migrations/versions (tests/resources/test_ledger_migrations.py checks)
+SCHEMA_HEAD = "0001"  # the newest revision in ledger_migrations/versions (test_ledger_migrations.py checks)
 SCHEMA_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))"
 
 _UPGRADING = threading.Lock()
