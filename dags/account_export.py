@@ -69,6 +69,7 @@ def export_account(plan: dict) -> list[dict]:
 
     from portability.pipeline import export
     from portability.pipeline.model import Plan
+    from portability.records.validation import InvalidRecords
 
     current, ti = Plan.from_xcom(plan), get_current_context()["ti"]
     if current.joined:
@@ -83,6 +84,8 @@ def export_account(plan: dict) -> list[dict]:
         snap = export.take_snapshot(current)
     except export.AccountNotFound as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot make the account appear
+    except InvalidRecords as exc:
+        raise AirflowFailException(str(exc)) from None  # on_invalid=fail: the data will not change on retry
     shards = export.shards(current, snap)
     print(f"{len(shards)} shards to export: {', '.join(shard.label for shard in shards)}")
     ti.xcom_push("snapshot", snap.to_xcom())
