@@ -121,7 +121,7 @@ def awkward_export(seeded, tmp_path_factory, source_dsn):
 
 def test_every_awkward_record_is_exported_and_none_quarantined(awkward_export):
     for category, rows in awkward_export["rows"].items():
-        assert awkward_export["summary"]["counts"][category] == {
+        assert awkward_export["summary"].counts[category] == {
             "source_count": rows, "exported": rows, "quarantined": 0}, category
 
 

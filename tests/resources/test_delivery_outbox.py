@@ -41,6 +41,7 @@ def test_a_slow_webhook_holds_no_ledger_lock(store_env, monkeypatch):
     import json
 
     from portability import service
+    from portability.pipeline.model import Summary
     from portability.records.schemas import SchemaSet
     from portability.resources import ledger
     from portability.service.request import parse_request
@@ -52,9 +53,9 @@ def test_a_slow_webhook_holds_no_ledger_lock(store_env, monkeypatch):
     with ledger.connect() as conn:
         submission = ledger.submit(conn, request, requested_by="a", webhook_url=receiver.url)
         ledger.begin(conn, {**request, "export_id": submission.export_id}, submission.dag_run_id)
-    summary = {"export_id": submission.export_id, "account_id": account, "region": "us", "bucket": "exports-us",
-               "key": f"exports/{submission.export_id}/t/a.zip", "bytes": 1, "sha256": "00" * 32,
-               "snapshot_at": "2026-01-01T00:00:00.000000Z", "counts": {}}
+    summary = Summary(export_id=submission.export_id, account_id=account, region="us", bucket="exports-us",
+                      key=f"exports/{submission.export_id}/t/a.zip", bytes=1, sha256="00" * 32,
+                      snapshot_at="2026-01-01T00:00:00.000000Z", counts={})
     delivering = threading.Thread(target=service.deliver, args=(summary,))
     delivering.start()
     try:
