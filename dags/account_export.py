@@ -78,9 +78,11 @@ def export_account(plan: dict) -> list[dict]:
     if current.cancelled:
         raise AirflowSkipException("the request was cancelled before its export started")
     try:
-        if not export.needs_shards(current):
-            ti.xcom_push("summary", export.export_in_process(current).to_xcom())
+        try:
+            ti.xcom_push("summary", export.export_in_process(current, unless_sharded=True).to_xcom())
             return []
+        except export.NeedsShards as bigger:
+            print(f"{bigger}; staging the snapshot")
         snap = export.take_snapshot(current)
     except export.AccountNotFound as exc:
         raise AirflowFailException(str(exc)) from None  # retrying cannot make the account appear

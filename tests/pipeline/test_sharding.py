@@ -89,3 +89,17 @@ def test_one_pass_route_writes_the_same_files_as_the_staged_route(seeded, store,
     files = data_entries(one_pass)
     assert files == data_entries(staged)
     assert "data/contacts.csv" in files and ("data/errors/contacts.jsonl" in files) == (account == BAD_ACCOUNT)
+
+
+@pytest.mark.parametrize("formats", [["csv", "jsonl"], ALL_FORMATS])
+def test_an_account_bigger_than_a_shard_is_handed_back_before_anything_is_read(seeded, store, monkeypatch, formats):
+    """account_export's one task hands a big account back to be sharded: nothing staged, nothing published."""
+    from portability.pipeline import export
+
+    monkeypatch.setenv("PORTABILITY_SHARD_ROWS", "100")  # e2e-00003 has 300 contacts
+    plan = export.plan({"account_id": "e2e-00003", "formats": formats}, str(uuid.uuid4()))
+    with pytest.raises(export.NeedsShards, match="contacts"):
+        export.export_in_process(plan, unless_sharded=True)
+    for bucket in ("exports-us", "exports-eu"):
+        assert not list(store.keys(bucket, f"staging/{plan.export_id}/"))
+        assert not list(store.keys(bucket, f"exports/{plan.export_id}/"))

@@ -60,18 +60,25 @@ def plan(conf: dict, export_id: str) -> Plan:
                 shard_rows=config.shard_rows())
 
 
-def needs_shards(plan: Plan) -> bool:
-    """Whether any requested category holds more than one shard's rows: then it is staged and sharded."""
-    from portability.resources import source
+class NeedsShards(ExportError):
+    """The account has a category of more than one shard's rows, and the caller shards such accounts.
 
-    mapping = load_mapping()
-    _check_mapping(plan, mapping, SchemaSet())
-    with source.snapshot(config.source_settings().conninfo) as snap:
-        return any(snap.owned_rows(mapping[category], plan.account_id) > plan.shard_rows
-                   for category in plan.categories)
+    Raised once the snapshot is open and counted, before anything is read or staged.
+    """
 
 
-def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | None = None) -> Snapshot:
+def _unless_sharded(plan: Plan) -> Callable[[Snapshot, dict[str, int]], None]:
+    """An `on_open` check that refuses, with NeedsShards, an account with a category bigger than one shard."""
+    def check(where: Snapshot, estimates: dict[str, int]) -> None:
+        bigger = sorted(c for c, rows in where.source_counts.items() if rows > plan.shard_rows)
+        if bigger:
+            raise NeedsShards(f"{', '.join(bigger)} hold more than {plan.shard_rows} rows: export them in shards")
+
+    return check
+
+
+def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | None = None,
+                  on_open: Callable[[Snapshot, dict[str, int]], None] | None = None) -> Snapshot:
     """Read every requested category from one snapshot of the source into staged pieces.
 
     `on_piece(where, category, piece)` is told of each piece as soon as it is staged (`where`
@@ -84,10 +91,12 @@ def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | N
         staged = partial(on_piece, where, category) if on_piece else None
         return _stage_pieces(store, where.bucket, plan, category, rows, where.snapshot_at, staged)
 
-    return _read_snapshot(plan, stage)
+    return _read_snapshot(plan, stage, on_open)
 
 
-def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts) -> tuple[Snapshot, list[ShardResult]]:
+def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts,
+                       on_open: Callable[[Snapshot, dict[str, int]], None] | None = None,
+                       ) -> tuple[Snapshot, list[ShardResult]]:
     """Read and export every requested category in one pass, straight into the archive's parts.
 
     Each category's pieces are validated and written in key order as they are read, so each
@@ -101,6 +110,8 @@ def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts) -> t
     exported: dict[str, ShardResult] = {}
 
     def open_archive(where: Snapshot, estimates: dict[str, int]) -> None:
+        if on_open:
+            on_open(where, estimates)
         kinds = [f for f in plan.formats if f in TEXT_FORMATS] + ["errors"]
         parts.open(where.bucket, [(c, kind) for c in plan.categories for kind in kinds], estimates)
 
@@ -125,7 +136,8 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
     """Open one snapshot and hand each requested category's rows to `read_category`, which returns its piece sizes.
 
     Categories are read on `_READERS` threads, the biggest first, each from its own connection.
-    `on_open(where, estimated_rows)` is told where the export goes before any is read.
+    `on_open(where, estimated_rows)` is told where the export goes, and how many rows each category
+    holds (`where.source_counts`), before any is read.
     """
     from portability.pipeline import memory
     from portability.resources import source
@@ -148,7 +160,7 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
         estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan.categories}
         largest_first = sorted(plan.categories, key=lambda c: -estimates[c])
         if on_open:
-            on_open(where, estimates)
+            on_open(replace(where, source_counts=owned), estimates)
 
         def read(category: str) -> list[int]:
             with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
@@ -488,14 +500,18 @@ def run_export(conf: dict, export_id: str) -> Summary:
     return export_in_process(plan(conf, export_id))
 
 
-def export_in_process(current: Plan) -> Summary:
+def export_in_process(current: Plan, *, unless_sharded: bool = False) -> Summary:
     """The whole export in this process, its staging deleted at the end whatever the outcome.
+
+    With `unless_sharded`, an account with a category bigger than one shard raises NeedsShards as
+    soon as the snapshot is counted, for the caller to export it in shards (account_export).
 
     Text formats are read, validated and written in one pass into the archive's upload. Parquet
     is assembled from staged rows: each piece is then its own shard, exported by a thread as soon
     as it is staged while the snapshot goes on reading.
     """
     export_id = current.export_id
+    check = _unless_sharded(current) if unless_sharded else None
     snapshot = None
     failed = True
     try:
@@ -504,7 +520,7 @@ def export_in_process(current: Plan) -> Summary:
             key = keys.archive(export_id, current.account_id, store.settings.key_secret)
             parts = ArchiveParts(store, key)
             try:
-                snapshot, shard_results = export_from_source(current, store, parts)
+                snapshot, shard_results = export_from_source(current, store, parts, check)
                 summary = package(current, snapshot, shard_results, parts)
             except BaseException:
                 _quietly("abort the archive's upload", parts.abort)  # its parts hold personal data
@@ -521,7 +537,7 @@ def export_in_process(current: Plan) -> Summary:
                     exporting.append(pool.submit(export_shard, current, where, shard, store))
 
                 try:
-                    snapshot = take_snapshot(current, on_piece=export_when_staged)
+                    snapshot = take_snapshot(current, on_piece=export_when_staged, on_open=check)
                     shard_results = [future.result() for future in exporting]
                 except BaseException:
                     pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
