@@ -133,6 +133,7 @@ def deliver(packaged: dict | None) -> dict:
     from portability import service
     from portability.pipeline.model import Summary
 
+    # Pulled here rather than passed in: a sharded run has no "summary" key, and an XComArg would not resolve.
     exported_whole = get_current_context()["ti"].xcom_pull(task_ids="export_account", key="summary")
     summary = Summary.from_xcom(exported_whole or packaged)
     print(f"export {summary.export_id}: {summary.bytes} bytes, sha256 {summary.sha256}, key {summary.key}")
