@@ -147,6 +147,37 @@ CREATE TABLE IF NOT EXISTS webhooks (
     created_at  timestamptz NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS messages (
+    id           bigint PRIMARY KEY,
+    account_id   text NOT NULL REFERENCES accounts (id),
+    campaign_id  bigint REFERENCES campaigns (id),    -- null for transactional mail
+    contact_id   bigint REFERENCES contacts (id),     -- null when the recipient is not a contact
+    recipient    text NOT NULL,                       -- the address it was sent to
+    from_address text NOT NULL,
+    subject      text,
+    message_id   text NOT NULL,                       -- the RFC 5322 Message-ID
+    tags         text[] NOT NULL DEFAULT '{}',
+    status       text NOT NULL CHECK (status IN ('queued', 'sent', 'delivered', 'bounced', 'failed')),
+    size_bytes   integer,
+    sent_at      timestamptz,
+    html         text,                                -- null once the content's retention has passed
+    text_body    text
+);
+
+CREATE TABLE IF NOT EXISTS events (
+    id          bigint PRIMARY KEY,
+    account_id  text NOT NULL REFERENCES accounts (id),
+    message_id  bigint NOT NULL REFERENCES messages (id),  -- messages.id, not the Message-ID header
+    kind        text NOT NULL CHECK (kind IN ('delivered', 'opened', 'clicked', 'bounced', 'complained',
+                                              'unsubscribed', 'failed')),
+    recipient   text NOT NULL,
+    url         text,                                  -- for clicks
+    user_agent  text,
+    ip          inet,
+    reason      text,                                  -- for bounces and failures
+    occurred_at timestamptz NOT NULL
+);
+
 -- Every export query filters on account_id and walks by primary key.
 CREATE INDEX IF NOT EXISTS users_account_idx             ON users (account_id, id);
 CREATE INDEX IF NOT EXISTS api_keys_account_idx          ON api_keys (account_id, id);
@@ -159,3 +190,14 @@ CREATE INDEX IF NOT EXISTS template_versions_account_idx ON template_versions (a
 CREATE INDEX IF NOT EXISTS campaigns_account_idx         ON campaigns (account_id, id);
 CREATE INDEX IF NOT EXISTS suppressions_account_idx      ON suppressions (account_id, id);
 CREATE INDEX IF NOT EXISTS webhooks_account_idx          ON webhooks (account_id, id);
+CREATE INDEX IF NOT EXISTS messages_account_idx          ON messages (account_id, id);
+CREATE INDEX IF NOT EXISTS events_account_idx            ON events (account_id, id);
+
+-- One data subject's export is index lookups by address (matched case-insensitively), never a scan:
+-- their contacts and suppressions, the memberships of those contacts, the messages sent to the
+-- address and the events of those messages.
+CREATE INDEX IF NOT EXISTS contacts_subject_idx          ON contacts (account_id, lower(email));
+CREATE INDEX IF NOT EXISTS suppressions_subject_idx      ON suppressions (account_id, lower(address));
+CREATE INDEX IF NOT EXISTS list_members_contact_idx      ON list_members (account_id, contact_id);
+CREATE INDEX IF NOT EXISTS messages_subject_idx          ON messages (account_id, lower(recipient));
+CREATE INDEX IF NOT EXISTS events_message_idx            ON events (account_id, message_id);
