@@ -129,6 +129,11 @@ def _check_mapping(plan: Plan, mapping: dict, schemas: SchemaSet) -> None:
         raise ExportError(f"the source mapping has no query for {sorted(set(missing))}: add them to the mapping")
     for category in plan.categories:
         check_references(mapping[category], [c.name for c in schemas.columns(category)])
+    if plan.subject_email:
+        without = [c for c in plan.categories if not mapping[c].subject_query]
+        if without:
+            raise ExportError(f"the source mapping has no subject query for {without}: add "
+                              "[categories.<category>.subject] to the mapping, or leave them out of the request")
 
 
 def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], list[int]],
@@ -148,7 +153,10 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
     account_id = plan.account_id
     _check_mapping(plan, mapping, schemas)
 
-    with source.snapshot(config.source_settings().conninfo) as snap:
+    queries = {c: mapping[c].for_subject() if plan.subject_email else mapping[c] for c in plan.categories}
+    parameters = {"account_id": account_id, "since": plan.since, "until": plan.until,
+                  "subject_email": plan.subject_email}
+    with source.snapshot(config.source_settings().conninfo, parameters) as snap:
         account = _account(snap, mapping["account"], schemas, account_id)
         # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
         where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
@@ -156,14 +164,14 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
                          references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
                                      if mapping[c].references})
         # The source count: every row the account owns in each category's table, counted apart from the query.
-        owned = {category: snap.owned_rows(mapping[category], account_id) for category in plan.categories}
-        estimates = {category: snap.estimated_rows(mapping[category], account_id) for category in plan.categories}
+        owned = {category: snap.owned_rows(queries[category]) for category in plan.categories}
+        estimates = {category: snap.estimated_rows(queries[category]) for category in plan.categories}
         largest_first = sorted(plan.categories, key=lambda c: -estimates[c])
         if on_open:
             on_open(replace(where, source_counts=owned), estimates)
 
         def read(category: str) -> list[int]:
-            with snap.reader(mapping[category], schemas.columns(category), account_id) as rows:
+            with snap.reader(queries[category], schemas.columns(category)) as rows:
                 return read_category(where, category, rows)
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
@@ -263,7 +271,7 @@ def _export_category(plan: Plan, where: Snapshot, category: str, rows, store: Ob
 
 
 def _account(snap, mapping, schemas: SchemaSet, account_id: str) -> dict:
-    with snap.reader(mapping, schemas.columns("account"), account_id) as rows:
+    with snap.reader(mapping, schemas.columns("account")) as rows:
         for batch in rows:
             if batch.num_rows:
                 return batch.slice(0, 1).to_pylist()[0]

@@ -41,6 +41,12 @@ class Plan(_Record):
     shard_rows: int
     joined: str | None = None
     cancelled: bool = False
+    # Messages and events from/until these instants (RFC 3339, UTC); None: everything the source holds.
+    since: str | None = None
+    until: str | None = None
+    # One data subject's export. The address lives in the ledger only: never in XCom (`to_xcom` keeps only
+    # whether there is one, and `service.plan_from_xcom` reads it back), a log line or an object key.
+    subject_email: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "categories", tuple(self.categories))
@@ -49,7 +55,13 @@ class Plan(_Record):
     def options(self) -> dict:
         """The export's options as the ledger keeps them."""
         return {"account_id": self.account_id, "categories": list(self.categories), "formats": list(self.formats),
-                "expires_in_hours": self.expires_in_hours, "on_invalid": self.on_invalid}
+                "expires_in_hours": self.expires_in_hours, "on_invalid": self.on_invalid, "since": self.since,
+                "until": self.until, "subject_email": self.subject_email}
+
+    def to_xcom(self) -> dict:
+        value = asdict(self)
+        value["subject"] = value.pop("subject_email") is not None
+        return value
 
 
 @dataclass(frozen=True)

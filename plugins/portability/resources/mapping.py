@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from portability.resources import config
@@ -39,9 +39,23 @@ class CategoryQuery:
     order_by: str
     count: str = ""  # the rows the account owns in the category's source table, counted apart from the query
     references: tuple[Reference, ...] = ()
+    # One data subject's rows of the category (`%(subject_email)s`); empty when it holds nothing about a subject.
+    subject_query: str = ""
+    subject_count: str = ""
 
     def ordered(self) -> str:
         return f"SELECT * FROM (\n{self.query.strip()}\n) AS category_rows ORDER BY {self.order_by}"
+
+    def for_subject(self) -> CategoryQuery:
+        """The same category narrowed to one data subject's rows: its subject query and count in their place."""
+        if not self.subject_query:
+            raise MappingError(f"the source mapping has no subject query for {self.category!r}")
+        return replace(self, query=self.subject_query, count=self.subject_count, subject_query="", subject_count="")
+
+
+# The parameters every query may use; the subject's address only in subject queries. %(since)s and %(until)s
+# bound messages and events in time (timestamptz, or NULL for no bound): cast them, %(since)s::timestamptz.
+PARAMETERS = ("account_id", "since", "until", "subject_email")
 
 
 def load_mapping(path: Path | None = None) -> dict[str, CategoryQuery]:
@@ -61,6 +75,10 @@ def load_mapping(path: Path | None = None) -> dict[str, CategoryQuery]:
         for key in ("query", "count"):
             if "%(account_id)s" not in entry[key]:
                 raise MappingError(f"{path}: the {key} of {category!r} must filter on %(account_id)s")
+            if "%(subject_email)s" in entry[key]:
+                raise MappingError(f"{path}: the {key} of {category!r} is account-wide: the subject's address "
+                                   f"belongs in [categories.{category}.subject]")
+        subject = _subject(path, category, entry.get("subject"))
         mapping[category] = CategoryQuery(
             category=category,
             title=entry.get("title", category),
@@ -69,8 +87,24 @@ def load_mapping(path: Path | None = None) -> dict[str, CategoryQuery]:
             order_by=entry["order_by"],
             count=entry["count"],
             references=_references(path, category, entry.get("references", [])),
+            subject_query=subject.get("query", ""),
+            subject_count=subject.get("count", ""),
         )
     return mapping
+
+
+def _subject(path: Path, category: str, entry) -> dict:
+    """The optional `[categories.<category>.subject]`: `query` and `count` of one data subject's rows."""
+    if entry is None:
+        return {}
+    if not isinstance(entry, dict) or set(entry) != {"query", "count"}:
+        raise MappingError(f"{path}: [categories.{category}.subject] has exactly `query` and `count`")
+    for key in ("query", "count"):
+        if not isinstance(entry[key], str) or not all(
+                f"%({name})s" in entry[key] for name in ("account_id", "subject_email")):
+            raise MappingError(f"{path}: the subject {key} of {category!r} must filter on %(account_id)s and "
+                               "%(subject_email)s (case-insensitively: lower(email) = lower(%(subject_email)s))")
+    return entry
 
 
 def _references(path: Path, category: str, entries) -> tuple[Reference, ...]:

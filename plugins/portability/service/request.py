@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 from portability.records.schemas import SchemaSet
 
@@ -27,6 +28,9 @@ class ExportRequest:
     formats: tuple[str, ...]
     expires_in_hours: int
     on_invalid: str
+    since: str | None = None  # canonical RFC 3339 in UTC
+    until: str | None = None
+    subject_email: str | None = field(default=None, repr=False)  # a person's address: never in a log line
     # Who asked and where to tell them: kept in the request ledger, never in the plan (nor in XCom).
     requested_by: str | None = None
     notify_email: str | None = None
@@ -62,15 +66,62 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
     properties = schema["properties"]
     # Omitted and null mean the same: the default (the trigger form sends null for a field left empty).
     merged = {name: prop.get("default") if conf.get(name) is None else conf[name] for name, prop in properties.items()}
+    since, until = _instant(merged, "since"), _instant(merged, "until")
+    if since and until and until <= since:
+        raise RequestError(f"invalid export request: field 'until' ({until}) must be after 'since' ({since})")
+    categories = merged["categories"]
+    if merged["subject_email"] is not None:
+        categories = _subject_categories(categories, conf.get("categories"), properties["categories"]["default"])
     return ExportRequest(
         account_id=merged["account_id"],
         # Canonical order, so equal requests give equal archives whatever order they were asked in.
-        categories=tuple(c for c in properties["categories"]["items"]["enum"] if c in merged["categories"]),
+        categories=tuple(c for c in properties["categories"]["items"]["enum"] if c in categories),
         formats=tuple(f for f in properties["formats"]["items"]["enum"] if f in merged["formats"]),
         expires_in_hours=merged["expires_in_hours"],
         on_invalid=merged["on_invalid"],
+        since=since, until=until, subject_email=merged["subject_email"],
         **{name: merged[name] for name in REQUESTER_FIELDS},
     )
+
+
+def _instant(merged: dict, name: str) -> str | None:
+    """An RFC 3339 instant as the ledger and the queries take it: UTC, `Z`, no fraction unless given."""
+    value = merged[name]
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None or "T" not in value.upper():
+        raise RequestError(f"invalid export request: field {name!r}: {_clip(repr(value))} is not an RFC 3339 "
+                           "instant with its offset, e.g. 2025-01-01T00:00:00Z")
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _subject_categories(categories: list, asked: object, default: list) -> list:
+    """A data subject's export holds the categories the source mapping can narrow to one address.
+
+    Left to its default (omitted, null, or the trigger form's full list), a request takes all of them;
+    a category named on purpose that holds nothing about one person is refused by field name.
+    """
+    from portability.resources.mapping import MappingError, load_mapping
+
+    try:
+        mapping = load_mapping()
+    except MappingError as exc:
+        raise RequestError(str(exc)) from None
+    about_one = [c for c in default if c in mapping and mapping[c].subject_query]
+    if not about_one:
+        raise RequestError("invalid export request: field 'subject_email': the source mapping has no category "
+                           "narrowed to one data subject ([categories.<category>.subject])")
+    if asked is None or sorted(categories) == sorted(default):
+        return about_one
+    other = [c for c in categories if c not in about_one]
+    if other:
+        raise RequestError(f"invalid export request: field 'categories': {', '.join(other)} cannot be narrowed to "
+                           f"one data subject (with subject_email, allowed: {', '.join(about_one)})")
+    return categories
 
 
 def _check_shape(conf: Mapping) -> None:
@@ -121,6 +172,9 @@ def _describe(error, schema: dict) -> str:
     path = list(error.absolute_path)
     field = path[0] if path else "(request)"
     where = "".join(f"[{p}]" for p in path[1:])
+    if field == "subject_email":  # a person's address is never echoed into an error, and so into a log
+        return ("invalid export request: field 'subject_email': not an email address of at most 254 characters "
+                "(one address, e.g. jane@example.com)")
     hint = _hint(schema, field) if field in schema["properties"] else ""
     return f"invalid export request: field '{field}{where}': {_clip(error.message)}" + (f" ({hint})" if hint else "")
 
