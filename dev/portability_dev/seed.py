@@ -38,13 +38,18 @@ SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 BASE_INSTANT = datetime(2024, 1, 1, tzinfo=UTC)
+# "Now" for messages and events: they spread over the 13 months before it, and only those sent
+# in the last 6 days still carry their content (the market's retention policies, SPEC §2).
+SEED_NOW = BASE_INSTANT + timedelta(days=400)
+EVENT_RETENTION_DAYS = 395
+CONTENT_RETENTION_DAYS = 6
 
 ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # Tables with a bigint id that seed() allocates from (max existing id + 1).
 _ID_TABLES = (
     "users", "api_keys", "domains", "lists", "contacts", "templates",
-    "template_versions", "campaigns", "suppressions", "webhooks",
+    "template_versions", "campaigns", "suppressions", "webhooks", "messages", "events",
 )
 
 # Contacts are inserted in slices so the per-statement queue of foreign-key trigger events
@@ -71,13 +76,18 @@ class SeedOptions:
     prefix: str = "acct"             # account ids are f"{prefix}-{n:05d}", n from 1
     seed: int = 0                    # different seed -> different (but still deterministic) data
     large_html_bytes: int = 1_048_576  # first template version of each account is at least this big
+    messages_per_contact: int = 2    # exactly contacts * this many messages per account
+    events_per_contact: int = 10     # exactly contacts * this many events per account
 
     def __post_init__(self) -> None:
         for name in ("accounts", "contacts", "lists", "templates", "campaigns", "suppressions",
-                     "domains", "users", "api_keys", "webhooks", "large_html_bytes"):
+                     "domains", "users", "api_keys", "webhooks", "large_html_bytes",
+                     "messages_per_contact", "events_per_contact"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.events_per_contact and not self.messages_per_contact:
+            raise ValueError("events_per_contact needs messages_per_contact > 0: every event belongs to a message")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not ACCOUNT_ID_PATTERN.match(f"{self.prefix}-00000"):
@@ -330,7 +340,7 @@ def seed(conn, options: SeedOptions) -> list[str]:
         for n, account_id in enumerate(account_ids, start=1):
             _seed_account(conn, ids, _make_account(n, account_id, options), options)
         # Fresh statistics, so exports planned right after seeding see the real table sizes.
-        conn.execute("ANALYZE contacts, list_members")
+        conn.execute("ANALYZE contacts, list_members, messages, events")
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -395,9 +405,10 @@ def _seed_account(conn, ids: _IdAllocator, acct: _Account, options: SeedOptions)
         contact_ids = ids.take("contacts", options.contacts)
         _insert_contacts_and_members(cur, contact_ids, list_ids, acct, options)
         template_ids = _insert_templates(cur, ids, acct, options)
-        _insert_campaigns(cur, ids, acct, options, list_ids, template_ids, domain_names)
+        sent_campaigns = _insert_campaigns(cur, ids, acct, options, list_ids, template_ids, domain_names)
         _insert_suppressions(cur, ids, acct, options, contact_ids, domain_names)
         _insert_webhooks(cur, ids, acct, options)
+        _insert_messages_and_events(cur, ids, contact_ids, sent_campaigns, domain_names, acct, options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,7 +618,9 @@ def _text_body(h: int) -> str:
 
 
 def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
-                      list_ids: Sequence[int], template_ids: Sequence[int], domain_names: list[str]) -> None:
+                      list_ids: Sequence[int], template_ids: Sequence[int],
+                      domain_names: list[str]) -> list[tuple]:
+    """Insert the campaigns; return (id, from_address, subject, tags) of the sent ones."""
     s = options.seed
     rows = []
     for k, row_id in enumerate(ids.take("campaigns", options.campaigns)):
@@ -634,6 +647,7 @@ def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptio
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s)",
         rows,
     )
+    return [(row[0], row[4], row[3], row[8]) for row in rows if row[7] == "sent"]
 
 
 def _insert_suppressions(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
@@ -707,6 +721,22 @@ _CONTACT_ROWS = """
     OFFSET 0
 """
 
+def _email_local(i: str, e: str) -> str:
+    """SQL for the local part of contact ordinal i's address (e is its email hash).
+
+    Messages rebuild their recipients' addresses with it instead of reading contacts back.
+    """
+    return f"""(%(locals)s::text[])[1 + mod({e}, cardinality(%(locals)s::text[]))]
+           || '.' || {i}
+           -- a quarter of the addresses are this account's own; the rest collide across accounts
+           || CASE WHEN mod({e} >> 8, 4) = 0 THEN '.' || %(account)s ELSE '' END
+           || (%(plus)s::text[])[1 + mod({e} >> 12, cardinality(%(plus)s::text[]))]"""
+
+
+def _email_domain(e: str) -> str:
+    return f"(%(domains)s::text[])[1 + mod({e} >> 20, cardinality(%(domains)s::text[]))]"
+
+
 # When the contact was created, relative to the account (shared by both statements).
 _CONTACT_CREATED = "%(t0)s::timestamptz + interval '1 microsecond' * mod(r.k, 200 * 86400000000::bigint)"
 
@@ -714,12 +744,7 @@ _CONTACTS_SQL = f"""
 INSERT INTO contacts (id, account_id, email, full_name, properties, created_at, updated_at)
 SELECT %(id0)s + r.i,
        %(account)s,
-       (%(locals)s::text[])[1 + mod(r.e, cardinality(%(locals)s::text[]))]
-           || '.' || r.i
-           -- a quarter of the addresses are this account's own; the rest collide across accounts
-           || CASE WHEN mod(r.e >> 8, 4) = 0 THEN '.' || %(account)s ELSE '' END
-           || (%(plus)s::text[])[1 + mod(r.e >> 12, cardinality(%(plus)s::text[]))]
-           || '@' || (%(domains)s::text[])[1 + mod(r.e >> 20, cardinality(%(domains)s::text[]))],
+       {_email_local("r.i", "r.e")} || '@' || {_email_domain("r.e")},
        CASE WHEN mod(r.h, 25) = 0 THEN NULL
             ELSE (%(names)s::text[])[1 + mod(r.h >> 5, cardinality(%(names)s::text[]))] END,
        CASE WHEN mod(r.i, 1000) = 1 THEN %(wide)s::jsonb || jsonb_build_object('contact_no', r.i)
@@ -860,3 +885,264 @@ def _insert_contacts_and_members(cur, contact_ids: Sequence[int], list_ids: Sequ
         cur.execute(_CONTACTS_SQL, params | bounds)
         if list_ids:
             cur.execute(_LIST_MEMBERS_SQL, member_params | bounds)
+
+
+# --------------------------------------------------------------------------------------------
+# Messages and events, generated by the server
+# --------------------------------------------------------------------------------------------
+
+TRANSACTIONAL_SUBJECTS = (
+    "Your order #4711 has shipped 📦", "Réinitialisation de votre mot de passe", "Сброс пароля",
+    "ご注文ありがとうございます — 注文番号 123", "إيصال الدفع الخاص بك", "קבלה על התשלום שלך",
+    'Invoice, "final" — 2024', "Verify your address: 123-456", "Ihre Rechnung für März",
+    "पासवर्ड रीसेट करें", f"Welcome aboard! {TECHNOLOGIST}",
+)
+TRANSACTIONAL_SENDERS = ("no-reply", "receipts", "support+tickets", "équipe", "notifications")
+# Click targets: query strings, fragments, commas, quotes, percent-escapes and raw Unicode.
+CLICK_URLS = (
+    "https://shop.example.com/product/42?utm_source=newsletter&utm_medium=email&utm_campaign=spring",
+    "https://example.com/a,b,c?list=1,2,3&q=%22quoted%22#section-2",
+    "https://bücher.example/suche?q=Straße&sort=preis,asc",
+    "https://例子.example/路径/页面?查询=值",
+    "https://example.org/unsubscribe?token=abc%2Bdef%3D%3D&email=jane%40example.com",
+    "http://xn--bcher-kva.example/path;param?x=1&y=%E2%9C%93",
+    "https://example.com/search?q=emoji+🎉&lang=ja",
+    "https://example.net/it's \"quoted\"/and spaced",
+    "https://пример.example/новости?id=7",
+    "mailto:support@example.com?subject=Hello%20there",
+)
+USER_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1",
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+    "Microsoft Office/16.0 (Microsoft Outlook 16.0.17029; Pro)",
+    "Thunderbird/115.5.0 (X11; Linux x86_64; rv:115.0) — «Ünïcødé» build",
+    "Mozilla/5.0 (Linux; Android 14; 小米 13) AppleWebKit/537.36 Chrome/119.0 Mobile Safari/537.36",
+    "Почтовый клиент/2.1 (Яндекс)",
+    'curl/8.4.0 "quoted", with comma',
+    "",
+)
+BOUNCE_REASONS = (
+    "smtp; 550 5.1.1 <user@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
+    "smtp; 552 5.2.2 Mailbox full — Postfach voll",
+    "smtp; 554 5.7.1 Message rejected:\r\n spam content detected",
+    "550 5.1.1 Адрес получателя не существует",
+    "550 5.7.1 宛先のメールアドレスは存在しません",
+    "DNS; Host or domain name not found. Name service error for name=bücher.example type=MX",
+)
+FAILURE_REASONS = (
+    "Recipient is on the account's suppression list (bounce)",
+    "Rendering failed: unknown variable {{order.id}} in template",
+    "Sending domain is not verified",
+    "Message exceeds the 25 MB size limit",
+    "Échec de l'envoi : quota dépassé",
+)
+
+_MAX_BIGINT = 9223372036854775807
+
+# Messages are inserted, and their events generated, in slices: both bound the statement's
+# foreign-key trigger queue, and a slice's events are at most about _EVENT_CHUNK rows.
+_MESSAGE_CHUNK = 250_000
+_EVENT_CHUNK = 1_000_000
+
+# One row per message ordinal j (1..contacts * messages_per_contact).  h picks the recipient,
+# the campaign and the sender, k the status, time and size.  Most messages go to a contact of
+# the account (ordinal c), whose address is rebuilt with the contacts' own expression rather
+# than read back; a tenth go to addresses that are no contact.  Most belong to a sent campaign
+# (its sender, subject and tags); a fifth, or all when no campaign was sent, are transactional.
+_MESSAGE_SUBJECT = """CASE WHEN camp.id IS NOT NULL THEN camp.subject
+            ELSE (%(subjects)s::text[])[1 + mod(x.h >> 40, cardinality(%(subjects)s::text[]))] END"""
+
+_MESSAGES_SQL = f"""
+WITH camp AS (
+    SELECT * FROM unnest(%(camp_ids)s::bigint[], %(camp_from)s::text[], %(camp_subject)s::text[],
+                         %(camp_tags)s::int[]) WITH ORDINALITY AS c(id, from_address, subject, tagset, ord)
+), tagsets AS (
+    SELECT ord, ARRAY(SELECT jsonb_array_elements_text(t)) AS tags
+    FROM jsonb_array_elements(%(tagsets)s::jsonb) WITH ORDINALITY AS s(t, ord)
+)
+INSERT INTO messages (id, account_id, campaign_id, contact_id, recipient, from_address, subject,
+                      message_id, tags, status, size_bytes, sent_at, html, text_body)
+SELECT %(id0)s + x.j,
+       %(account)s,
+       camp.id,
+       CASE WHEN x.to_contact THEN %(contact0)s + x.c END,
+       CASE WHEN NOT x.to_contact
+                 THEN (%(locals)s::text[])[1 + mod(x.h >> 20, cardinality(%(locals)s::text[]))] || '.n' || x.j
+                      || '@' || (%(domains)s::text[])[1 + mod(x.h >> 26, cardinality(%(domains)s::text[]))]
+            -- addresses match case-insensitively, and what was sent to keeps the sender's spelling
+            WHEN mod(x.h >> 32, 10) = 0 THEN x.local || '@' || upper(x.domain)
+            WHEN mod(x.h >> 32, 10) = 1 THEN upper(left(x.local, 1)) || substr(x.local, 2) || '@' || x.domain
+            ELSE x.local || '@' || x.domain END,
+       coalesce(camp.from_address,
+                (%(senders)s::text[])[1 + mod(x.h >> 36, cardinality(%(senders)s::text[]))]),
+       {_MESSAGE_SUBJECT},
+       '<' || lpad(to_hex(x.k), 16, '0') || '.' || (%(id0)s + x.j) || '@mail.example.com>',
+       tagsets.tags,
+       x.status,
+       CASE WHEN x.status = 'failed' AND mod(x.k >> 40, 3) = 0 THEN NULL
+            ELSE 600 + mod(x.k >> 40, 150000)::int END,
+       x.sent_at,
+       CASE WHEN x.recent THEN
+           '<!DOCTYPE html>' || chr(10) || '<html><head><meta charset="utf-8"><title>'
+           || replace(replace(replace({_MESSAGE_SUBJECT}, '&', '&amp;'), '<', '&lt;'), '>', '&gt;')
+           || '</title></head>' || chr(10) || '<body><p>'
+           || (%(paragraphs)s::text[])[1 + mod(x.k >> 20, cardinality(%(paragraphs)s::text[]))]
+           || '</p><p><a href="https://shop.example.com/?id=' || x.j || '&amp;ref=mail">Shop</a></p>'
+           || chr(10) || '</body></html>' || chr(10) END,
+       CASE WHEN x.recent THEN
+           'Hi ' || (%(firsts)s::text[])[1 + mod(x.k >> 26, cardinality(%(firsts)s::text[]))] || ','
+           || chr(10) || chr(10) || (%(sentences)s::text[])[1 + mod(x.k >> 32, cardinality(%(sentences)s::text[]))]
+           || chr(10) || '— The team 💌' END
+FROM (
+    SELECT b.*, {_email_local("b.c", "b.e")} AS local, {_email_domain("b.e")} AS domain,
+           b.sent_at >= %(now)s::timestamptz - interval '{CONTENT_RETENTION_DAYS} days' AS recent
+    FROM (
+        SELECT a.j, a.h, a.k, a.c,
+               hashint8extended(a.c, %(email_salt)s) & {_MAX_BIGINT} AS e,
+               mod(a.h >> 44, 10) <> 0 AS to_contact,
+               CASE WHEN %(n_camp)s > 0 AND mod(a.h >> 48, 5) <> 0
+                    THEN 1 + mod(a.h >> 51, greatest(%(n_camp)s, 1)) END AS camp,
+               CASE WHEN mod(a.k, 1000) < 10 THEN 'queued'
+                    WHEN mod(a.k, 1000) < 35 THEN 'sent'
+                    WHEN mod(a.k, 1000) < 55 THEN 'bounced'
+                    WHEN mod(a.k, 1000) < 65 THEN 'failed'
+                    ELSE 'delivered' END AS status,
+               CASE WHEN mod(a.k, 1000) >= 10 THEN %(now)s::timestamptz
+                    - interval '1 microsecond' * mod(a.k >> 10, {EVENT_RETENTION_DAYS} * {_MICROS_PER_DAY}::bigint)
+               END AS sent_at
+        FROM (
+            SELECT j, hashint8extended(j, %(row_salt)s) & {_MAX_BIGINT} AS h,
+                   hashint8extended(j, %(row_salt)s + 1) & {_MAX_BIGINT} AS k,
+                   1 + mod((hashint8extended(j, %(row_salt)s) & {_MAX_BIGINT}) >> 8, %(n_contacts)s::bigint) AS c
+            FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS j
+            OFFSET 0
+        ) AS a
+        OFFSET 0
+    ) AS b
+    OFFSET 0
+) AS x
+LEFT JOIN camp ON camp.ord = x.camp
+JOIN tagsets ON tagsets.ord = coalesce(1 + camp.tagset, 1 + mod(x.h >> 56, jsonb_array_length(%(tagsets)s::jsonb)))
+"""
+
+# The events of one slice of messages: exactly %(q)s rows.  First the report of each delivered,
+# bounced or failed message (in message order; when the slice has fewer events than reports,
+# only the first ones); then opens, clicks and the rare unsubscribe or complaint, each on a
+# delivered message picked by hash with a skew (a quarter of them among all, a quarter among the
+# first half, ... of the messages in a hashed order), so that some messages collect many
+# events and others none.  Should a slice hold no delivered message, they go to any of its
+# messages, so the total stays exact.  y is a per-event hash.
+_EVENTS_SQL = f"""
+WITH m AS MATERIALIZED (
+    SELECT id, status, recipient, sent_at,
+           hashint8extended(id - %(mid0)s, %(row_salt)s) & {_MAX_BIGINT} AS x
+    FROM messages WHERE id BETWEEN %(mlo)s AND %(mhi)s
+), reports AS MATERIALIZED (
+    SELECT m.*, row_number() OVER (ORDER BY id) AS rn FROM m WHERE status IN ('delivered', 'bounced', 'failed')
+), engaged AS MATERIALIZED (
+    SELECT m.*, row_number() OVER (ORDER BY x, id) AS rn FROM m
+    WHERE status = 'delivered' OR NOT EXISTS (SELECT FROM m WHERE status = 'delivered')
+), n AS (
+    SELECT (SELECT count(*) FROM reports) AS d, (SELECT count(*) FROM engaged) AS p
+), r AS (
+    SELECT rn AS ord, id, recipient, sent_at, status AS kind, x AS y
+    FROM reports WHERE rn <= %(q)s
+    UNION ALL
+    SELECT least(n.d, %(q)s) + e.k, g.id, g.recipient, g.sent_at,
+           CASE WHEN mod(e.y, 1000) < 600 THEN 'opened'
+                WHEN mod(e.y, 1000) < 985 THEN 'clicked'
+                WHEN mod(e.y, 1000) < 995 THEN 'unsubscribed'
+                ELSE 'complained' END,
+           e.y
+    FROM n
+    CROSS JOIN LATERAL (
+        SELECT k, hashint8extended(%(e0)s + k, %(event_salt)s) & {_MAX_BIGINT} AS y
+        FROM generate_series(1, greatest(%(q)s - n.d, 0)) AS k
+    ) AS e
+    JOIN engaged AS g ON g.rn = 1 + mod(e.y >> 10, greatest(1, n.p >> (mod(e.y >> 58, 4))::int))
+)
+INSERT INTO events (id, account_id, message_id, kind, recipient, url, user_agent, ip, reason, occurred_at)
+SELECT %(eid0)s + r.ord,
+       %(account)s,
+       r.id,
+       r.kind,
+       r.recipient,
+       CASE WHEN r.kind = 'clicked' THEN (%(urls)s::text[])[1 + mod(r.y >> 20, cardinality(%(urls)s::text[]))] END,
+       CASE WHEN r.kind IN ('opened', 'clicked', 'unsubscribed')
+            THEN (%(agents)s::text[])[1 + mod(r.y >> 26, cardinality(%(agents)s::text[]))] END,
+       CASE WHEN r.kind IN ('failed', 'complained') THEN NULL
+            WHEN mod(r.y >> 32, 3) = 0
+            THEN ('2001:db8:' || to_hex(mod(r.y >> 36, 65536)) || '::' || to_hex(mod(r.y >> 40, 65536)))::inet
+            ELSE ((ARRAY['192.0.2.', '198.51.100.', '203.0.113.'])[1 + mod(r.y >> 36, 3)]
+                  || mod(r.y >> 40, 256))::inet END,
+       CASE WHEN r.kind = 'bounced' THEN (%(bounces)s::text[])[1 + mod(r.y >> 44, cardinality(%(bounces)s::text[]))]
+            WHEN r.kind = 'failed' THEN (%(failures)s::text[])[1 + mod(r.y >> 44, cardinality(%(failures)s::text[]))]
+       END,
+       -- reports follow within minutes; engagement within 30 days, but never after "now"
+       coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') + interval '1 microsecond' * (1 +
+           CASE WHEN r.kind IN ('delivered', 'bounced', 'failed') THEN mod(r.y >> 48, 600000000)
+                ELSE mod(r.y >> 48, greatest(1, least(30 * {_MICROS_PER_DAY}::bigint,
+                     (extract(epoch FROM %(now)s::timestamptz - coalesce(r.sent_at, %(now)s::timestamptz
+                                                                          - interval '1 hour'))
+                      * 1000000)::bigint - 1)))
+           END)
+FROM r
+"""
+
+
+def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[int], sent_campaigns: list[tuple],
+                                domain_names: list[str], acct: _Account, options: SeedOptions) -> None:
+    n_messages = len(contact_ids) * options.messages_per_contact
+    n_events = len(contact_ids) * options.events_per_contact
+    message_ids = ids.take("messages", n_messages)
+    event_ids = ids.take("events", n_events)
+    if not n_messages:
+        return
+    s = options.seed
+    common = {
+        "account": acct.id,
+        "now": SEED_NOW,
+        "row_salt": _salt(s, "message", acct.n),
+    }
+    message_params = common | {
+        "id0": message_ids[0] - 1,
+        "contact0": contact_ids[0] - 1,
+        "n_contacts": len(contact_ids),
+        "email_salt": _salt(s, "email"),
+        "camp_ids": [c[0] for c in sent_campaigns],
+        "camp_from": [c[1] for c in sent_campaigns],
+        "camp_subject": [c[2] for c in sent_campaigns],
+        "camp_tags": [TAG_SETS.index(tuple(c[3])) for c in sent_campaigns],
+        "n_camp": len(sent_campaigns),
+        "tagsets": Jsonb([list(t) for t in TAG_SETS]),
+        "senders": [f"{local}@{domain}" for domain in (domain_names or ["example.com"])
+                    for local in TRANSACTIONAL_SENDERS],
+        "subjects": list(TRANSACTIONAL_SUBJECTS + SENTENCES),
+        "paragraphs": [html.escape(sentence) for sentence in SENTENCES],
+        "locals": list(EMAIL_LOCAL_PARTS),
+        "plus": list(EMAIL_PLUS_TAGS),
+        "domains": list(EMAIL_DOMAINS),
+        "firsts": list(FIRST_NAMES),
+        "sentences": list(SENTENCES),
+    }
+    event_params = common | {
+        "mid0": message_ids[0] - 1,
+        "event_salt": _salt(s, "event", acct.n),
+        "urls": list(CLICK_URLS),
+        "agents": list(USER_AGENTS),
+        "bounces": list(BOUNCE_REASONS),
+        "failures": list(FAILURE_REASONS),
+    }
+    chunk = max(1, min(_MESSAGE_CHUNK, _EVENT_CHUNK * n_messages // max(n_events, 1)))
+    for lo in range(1, n_messages + 1, chunk):
+        hi = min(lo + chunk - 1, n_messages)
+        cur.execute(_MESSAGES_SQL, message_params | {"lo": lo, "hi": hi})
+        # Integer shares of the account's events: the slices add up to exactly n_events.
+        e_lo, e_hi = (lo - 1) * n_events // n_messages, hi * n_events // n_messages
+        if e_hi > e_lo:
+            cur.execute(_EVENTS_SQL, event_params | {
+                "mlo": message_ids[0] + lo - 1, "mhi": message_ids[0] + hi - 1,
+                "q": e_hi - e_lo, "e0": e_lo, "eid0": event_ids[0] - 1 + e_lo,
+            })
