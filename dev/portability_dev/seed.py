@@ -1135,6 +1135,9 @@ def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[in
         "bounces": list(BOUNCE_REASONS),
         "failures": list(FAILURE_REASONS),
     }
+    # The events statement sorts and joins a slice's messages; with the default work_mem those
+    # sorts spill to disk.  SET LOCAL ends with the seeding transaction.
+    cur.execute("SET LOCAL work_mem = '64MB'")
     chunk = max(1, min(_MESSAGE_CHUNK, _EVENT_CHUNK * n_messages // max(n_events, 1)))
     for lo in range(1, n_messages + 1, chunk):
         hi = min(lo + chunk - 1, n_messages)
