@@ -918,7 +918,7 @@ CLICK_URLS = (
     "https://example.com/search?q=emoji+🎉&lang=ja",
     "https://example.net/it's \"quoted\"/and spaced",
     "https://пример.example/новости?id=7",
-    "mailto:support@example.com?subject=Hello%20there",
+    "https://track.example.com/r?to=https%3A%2F%2Fexample.org%2F%3Fa%3D1%26b%3D2&sig=a+b/c==",
 )
 USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
@@ -1048,7 +1048,7 @@ JOIN tagsets ON tagsets.ord = coalesce(1 + camp.tagset, 1 + mod(x.h >> 56, jsonb
 _EVENTS_SQL = f"""
 WITH m AS MATERIALIZED (
     SELECT id, status, recipient, sent_at,
-           hashint8extended(id - %(mid0)s, %(row_salt)s) & {_MAX_BIGINT} AS x
+           hashint8extended(id - %(mid0)s, %(event_salt)s + 1) & {_MAX_BIGINT} AS x
     FROM messages WHERE id BETWEEN %(mlo)s AND %(mhi)s
 ), reports AS MATERIALIZED (
     SELECT m.*, row_number() OVER (ORDER BY id) AS rn FROM m WHERE status IN ('delivered', 'bounced', 'failed')
@@ -1091,15 +1091,13 @@ SELECT %(eid0)s + r.ord,
        CASE WHEN r.kind = 'bounced' THEN (%(bounces)s::text[])[1 + mod(r.y >> 44, cardinality(%(bounces)s::text[]))]
             WHEN r.kind = 'failed' THEN (%(failures)s::text[])[1 + mod(r.y >> 44, cardinality(%(failures)s::text[]))]
        END,
-       -- reports follow within minutes; engagement within 30 days, but never after "now"
-       coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') + interval '1 microsecond' * (1 +
-           CASE WHEN r.kind IN ('delivered', 'bounced', 'failed') THEN mod(r.y >> 48, 600000000)
-                ELSE mod(r.y >> 48, greatest(1, least(30 * {_MICROS_PER_DAY}::bigint,
-                     (extract(epoch FROM %(now)s::timestamptz - coalesce(r.sent_at, %(now)s::timestamptz
-                                                                          - interval '1 hour'))
-                      * 1000000)::bigint - 1)))
-           END)
-FROM r
+       -- reports follow within minutes, engagement within 30 days; neither after "now"
+       r.at + interval '1 microsecond' * (1 + mod(
+           hashint8extended(r.y, %(event_salt)s + 2) & {_MAX_BIGINT},
+           greatest(1, least(CASE WHEN r.kind IN ('delivered', 'bounced', 'failed') THEN 600000000
+                                  ELSE 30 * {_MICROS_PER_DAY}::bigint END,
+                             (extract(epoch FROM %(now)s::timestamptz - r.at) * 1000000)::bigint - 1))))
+FROM (SELECT r.*, coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') AS at FROM r) AS r
 """
 
 
@@ -1112,12 +1110,9 @@ def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[in
     if not n_messages:
         return
     s = options.seed
-    common = {
-        "account": acct.id,
-        "now": SEED_NOW,
-        "row_salt": _salt(s, "message", acct.n),
-    }
+    common = {"account": acct.id, "now": SEED_NOW}
     message_params = common | {
+        "row_salt": _salt(s, "message", acct.n),
         "id0": message_ids[0] - 1,
         "contact0": contact_ids[0] - 1,
         "n_contacts": len(contact_ids),
