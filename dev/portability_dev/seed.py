@@ -629,7 +629,7 @@ def _text_body(h: int) -> str:
 def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
                       list_ids: Sequence[int], template_ids: Sequence[int],
                       domain_names: list[str]) -> list[tuple]:
-    """Insert the campaigns; return (id, from_address, subject, tags) of the sent ones."""
+    """Insert the campaigns; return (id, from_address, subject, tags, sent_at) of the sent ones."""
     s = options.seed
     rows = []
     for k, row_id in enumerate(ids.take("campaigns", options.campaigns)):
@@ -656,7 +656,7 @@ def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptio
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s)",
         rows,
     )
-    return [(row[0], row[4], row[3], row[8]) for row in rows if row[7] == "sent"]
+    return [(row[0], row[4], row[3], row[8], row[10]) for row in rows if row[7] == "sent"]
 
 
 def _insert_suppressions(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
@@ -960,6 +960,10 @@ _EVENT_CHUNK = 1_000_000
 _MESSAGE_SUBJECT = """CASE WHEN camp.id IS NOT NULL THEN camp.subject
             ELSE (%(subjects)s::text[])[1 + mod(x.h >> 40, cardinality(%(subjects)s::text[]))] END"""
 
+# The campaign of a message (an ordinal into the sent ones), NULL for transactional mail.
+_MESSAGE_CAMPAIGN = """CASE WHEN %(n_camp)s > 0 AND mod(a.h >> 48, 5) <> 0
+                    THEN 1 + mod(a.h >> 51, greatest(%(n_camp)s, 1)) END"""
+
 # One row per message ordinal j (1..contacts * messages_per_contact).  h picks the recipient,
 # the campaign and the sender, k the status, time and size.  Most messages go to a contact of
 # the account (ordinal c), whose address is rebuilt with the contacts' own expression rather
@@ -1013,15 +1017,17 @@ FROM (
         SELECT a.j, a.h, a.k, a.c,
                hashint8extended(a.c, %(email_salt)s) & {_MAX_BIGINT} AS e,
                mod(a.h >> 44, 10) <> 0 AS to_contact,
-               CASE WHEN %(n_camp)s > 0 AND mod(a.h >> 48, 5) <> 0
-                    THEN 1 + mod(a.h >> 51, greatest(%(n_camp)s, 1)) END AS camp,
+               {_MESSAGE_CAMPAIGN} AS camp,
                CASE WHEN mod(a.k, 1000) < 10 THEN 'queued'
                     WHEN mod(a.k, 1000) < 35 THEN 'sent'
                     WHEN mod(a.k, 1000) < 55 THEN 'bounced'
                     WHEN mod(a.k, 1000) < 65 THEN 'failed'
                     ELSE 'delivered' END AS status,
+               -- a campaign's messages go out after the campaign was sent
                CASE WHEN mod(a.k, 1000) >= 10 THEN %(now)s::timestamptz
-                    - interval '1 microsecond' * mod(a.k >> 10, {EVENT_RETENTION_DAYS} * {_MICROS_PER_DAY}::bigint)
+                    - interval '1 microsecond' * mod(a.k >> 10, coalesce(
+                        (%(camp_span)s::bigint[])[{_MESSAGE_CAMPAIGN}],
+                        {EVENT_RETENTION_DAYS} * {_MICROS_PER_DAY}::bigint))
                END AS sent_at
         FROM (
             SELECT j, hashint8extended(j, %(row_salt)s) & {_MAX_BIGINT} AS h,
@@ -1101,6 +1107,12 @@ FROM (SELECT r.*, coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') 
 """
 
 
+def _campaign_span(sent_at: datetime) -> int:
+    # At least a day even for a campaign sent after SEED_NOW (accounts created late).
+    span = (SEED_NOW - sent_at) // timedelta(microseconds=1)
+    return max(_MICROS_PER_DAY, min(span, EVENT_RETENTION_DAYS * _MICROS_PER_DAY))
+
+
 def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[int], sent_campaigns: list[tuple],
                                 domain_names: list[str], acct: _Account, options: SeedOptions) -> None:
     n_messages = len(contact_ids) * options.messages_per_contact
@@ -1122,6 +1134,8 @@ def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[in
         "camp_subject": [c[2] for c in sent_campaigns],
         "camp_tags": [TAG_SETS.index(tuple(c[3])) for c in sent_campaigns],
         "n_camp": len(sent_campaigns),
+        # Microseconds from each campaign's sending to SEED_NOW, within the events' 13 months.
+        "camp_span": [_campaign_span(c[4]) for c in sent_campaigns],
         "tagsets": Jsonb([list(t) for t in TAG_SETS]),
         "senders": [f"{local}@{domain}" for domain in (domain_names or ["example.com"])
                     for local in TRANSACTIONAL_SENDERS],

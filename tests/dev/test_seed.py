@@ -293,6 +293,8 @@ def test_messages_shapes(conn):
         " FROM messages m LEFT JOIN campaigns c ON c.id = m.campaign_id"
     ).fetchone()
     assert 0 < transactional < from_campaigns and bad_campaign == 0
+    assert one("SELECT count(*) FROM messages m JOIN campaigns c ON c.id = m.campaign_id"
+               " WHERE m.sent_at < c.sent_at").fetchone() == (0,)
     # Recipients: a contact's address, in whatever case it was sent to, or no contact at all.
     to_others, other_case, mismatched = one(
         "SELECT count(*) FILTER (WHERE m.contact_id IS NULL), count(*) FILTER (WHERE m.recipient <> c.email),"
