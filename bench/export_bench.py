@@ -4,7 +4,9 @@
     .venv/bin/python bench/export_bench.py --contacts 10000000  # 10M contacts
     .venv/bin/python bench/export_bench.py --contacts 20000 --sample 2000 --json   # a quick smoke run
 
-It seeds (or reuses) the account `bench{N}-00001` with N contacts, then measures in the same run:
+It seeds (or reuses) the account `bench{N}-00001` with N contacts (and the seeder's default messages and
+events per contact; `bench{N}m{M}e{E}-00001` with --messages-per-contact M --events-per-contact E), then
+measures in the same run:
 
     (a)  COPY (the contacts mapping query, ordered) TO STDOUT (FORMAT csv), blocks discarded
     (a') the same COPY for every category the export writes by default: the rows (c) writes
@@ -38,6 +40,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from portability_dev.seed import SeedOptions
 
 # Targets from the issue.
 MAX_COPY_RATIO = 2.5       # (c) wall / (a') wall
@@ -302,13 +308,43 @@ def contact_count(conn, account_id: str) -> int:
     return conn.execute("SELECT count(*) FROM contacts WHERE account_id = %s", (account_id,)).fetchone()[0]
 
 
-def ensure_account(conninfo: str, contacts: int) -> str:
-    """The benchmark account with exactly `contacts` contacts: reused if it exists, seeded otherwise."""
+def table_count(conn, table: str, account_id: str) -> int:
+    """Rows of `table` (messages, events) in the account; 0 when the table does not exist."""
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()[0]:
+        return 0
+    return conn.execute(f"SELECT count(*) FROM {table} WHERE account_id = %s", (account_id,)).fetchone()[0]
+
+
+def seed_options(contacts: int, messages_per_contact: int | None = None,
+                 events_per_contact: int | None = None) -> SeedOptions:
+    """The seeder's options for a benchmark account: `bench{N}-00001` with the seeder's defaults for
+    messages and events, `bench{N}m{M}e{E}-00001` otherwise (None: the seeder's default)."""
+    from portability_dev.seed import SeedOptions
+
+    defaults = SeedOptions()
+    messages = defaults.messages_per_contact if messages_per_contact is None else messages_per_contact
+    events = defaults.events_per_contact if events_per_contact is None else events_per_contact
+    prefix = f"bench{contacts}"
+    if (messages, events) != (defaults.messages_per_contact, defaults.events_per_contact):
+        prefix += f"m{messages}e{events}"
+    return SeedOptions(accounts=1, contacts=contacts, prefix=prefix, messages_per_contact=messages,
+                       events_per_contact=events)
+
+
+def benchmark_account_id(contacts: int, messages_per_contact: int | None = None,
+                         events_per_contact: int | None = None) -> str:
+    return seed_options(contacts, messages_per_contact, events_per_contact).account_ids()[0]
+
+
+def ensure_account(conninfo: str, contacts: int, messages_per_contact: int | None = None,
+                   events_per_contact: int | None = None) -> str:
+    """The benchmark account with exactly `contacts` contacts and `contacts * M` messages and `contacts * E`
+    events: reused if it exists, seeded otherwise (None for M or E: the seeder's default)."""
     import psycopg
 
-    from portability_dev.seed import SeedOptions, seed
+    from portability_dev.seed import seed
 
-    options = SeedOptions(accounts=1, contacts=contacts, prefix=f"bench{contacts}")
+    options = seed_options(contacts, messages_per_contact, events_per_contact)
     account_id = options.account_ids()[0]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         found = contact_count(conn, account_id)
@@ -321,7 +357,9 @@ def ensure_account(conninfo: str, contacts: int) -> str:
                 conn.execute(f"SELECT pg_advisory_lock({SEED_LOCK})")
             found = contact_count(conn, account_id)  # that seeder may have created this very account
         if found == 0:
-            log.warning("seeding %s with %d contacts (about a minute per million)...", account_id, contacts)
+            log.warning("seeding %s with %d contacts, %d messages and %d events (about 11 minutes for 1M "
+                        "contacts, 2M messages and 20M events)...", account_id, contacts,
+                        contacts * options.messages_per_contact, contacts * options.events_per_contact)
             start = time.perf_counter()
             conn.autocommit = False  # seed() commits everything at once, or nothing
             try:
@@ -332,15 +370,22 @@ def ensure_account(conninfo: str, contacts: int) -> str:
             # Otherwise autovacuum sets the new rows' hint bits and visibility while the rounds are timed.
             conn.autocommit = True
             start = time.perf_counter()
-            conn.execute("VACUUM (ANALYZE) contacts, list_members")
+            conn.execute("VACUUM (ANALYZE) contacts, list_members, messages, events")
             log.warning("vacuumed the seeded tables in %.1f s", time.perf_counter() - start)
             return account_id
-    if found != contacts:
+        expected = {"contacts": contacts, "messages": contacts * options.messages_per_contact,
+                    "events": contacts * options.events_per_contact}
+        have = {"contacts": found, "messages": table_count(conn, "messages", account_id),
+                "events": table_count(conn, "events", account_id)}
+    if have != expected:
+        differ = ", ".join(f"{have[t]:,} {t}, not {expected[t]:,}" for t in expected if have[t] != expected[t])
         raise BenchError(
-            f"account {account_id} exists with {found:,} contacts, not {contacts:,}, so it is not a benchmark "
-            f"account of this size: delete that account's rows from the source database, or use another --contacts"
+            f"account {account_id} exists with {differ}, so it is not a benchmark account of this size: delete "
+            f"that account's rows from the source database, or use other --contacts, --messages-per-contact or "
+            f"--events-per-contact"
         )
-    log.warning("reusing %s (%d contacts)", account_id, contacts)
+    log.warning("reusing %s (%d contacts, %d messages, %d events)", account_id, contacts, have["messages"],
+                have["events"])
     return account_id
 
 
@@ -387,7 +432,7 @@ def copy_to_nowhere(conn, queries: list, account_id: str) -> tuple[int, int, flo
         for query in queries:
             with conn.cursor() as cursor:
                 statement = f"COPY ({query.ordered()}) TO STDOUT (FORMAT csv)"
-                with cursor.copy(statement, {"account_id": account_id}) as copy:
+                with cursor.copy(statement, {"account_id": account_id, "since": None, "until": None}) as copy:
                     for block in copy:
                         size += len(block)
                 rows += cursor.rowcount  # "COPY n" from the server
@@ -511,7 +556,7 @@ def run_benchmark(args) -> dict:
 
     use_embedded_defaults()
     conninfo = config.source_settings().conninfo
-    account_id = ensure_account(conninfo, args.contacts)
+    account_id = ensure_account(conninfo, args.contacts, args.messages_per_contact, args.events_per_contact)
 
     request = SchemaSet().request["properties"]
     categories = request["categories"]["default"]
@@ -581,6 +626,8 @@ def run_benchmark(args) -> dict:
         "machine": machine,
         "account": account_id,
         "contacts": args.contacts,
+        "messages_per_contact": args.messages_per_contact,
+        "events_per_contact": args.events_per_contact,
         "sample": None if args.skip_naive else args.sample,
         "repeat": args.repeat,
         "statistic": "best (minimum) wall of the repeats; peak RSS is the maximum of the repeats",
@@ -629,7 +676,9 @@ def print_report(results: dict) -> None:
     m = results["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; PostgreSQL {m['postgresql']}, "
           f"Python {m['python']}, pyarrow {m['pyarrow']}")
-    print(f"account: {results['account']} ({results['contacts']:,} contacts); "
+    print(f"account: {results['account']} ({results['contacts']:,} contacts, "
+          f"{results['contacts'] * results['messages_per_contact']:,} messages, "
+          f"{results['contacts'] * results['events_per_contact']:,} events); "
           f"{results['repeat']} run(s) each, {results['statistic']}")
     print()
     header = f"{'measurement':<44} {'rows':>12} {'wall s':>9} {'rows/s':>12} {'peak RSS MiB':>13}"
@@ -685,10 +734,34 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text}")
+    return value
+
+
+def add_account_options(parser: argparse.ArgumentParser) -> None:
+    """--messages-per-contact and --events-per-contact, passed to the seeder (shared by the benchmarks)."""
+    from portability_dev.seed import SeedOptions
+
+    defaults = SeedOptions()
+    parser.add_argument("--messages-per-contact", metavar="M", type=non_negative_int,
+                        default=defaults.messages_per_contact,
+                        help=f"messages per contact of the benchmark account (the seeder's default "
+                             f"{defaults.messages_per_contact}); another value than the default names the account "
+                             "bench{N}m{M}e{E}-00001")
+    parser.add_argument("--events-per-contact", metavar="E", type=non_negative_int,
+                        default=defaults.events_per_contact,
+                        help=f"events per contact of the benchmark account (the seeder's default "
+                             f"{defaults.events_per_contact}); as for --messages-per-contact")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contacts", type=positive_int, default=1_000_000,
                         help="contacts of the benchmark account bench{N}-00001 (default 1000000; 10000000 for 10M)")
+    add_account_options(parser)
     parser.add_argument("--sample", type=positive_int, default=20_000,
                         help="contacts the straightforward pipeline (b) processes (default 20000)")
     parser.add_argument("--repeat", type=positive_int, default=1,
