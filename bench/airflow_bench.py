@@ -5,10 +5,13 @@
     .venv/bin/python bench/airflow_bench.py --skip-big                # only the demo-size account
     .venv/bin/python bench/airflow_bench.py --contacts 10000000 --json
 
-It seeds (or reuses) the account `bench{N}-00001` with N contacts, as bench/export_bench.py does, and a
+It seeds (or reuses) the account `bench{N}-00001` with N contacts (`bench{N}m{M}e{E}-00001` with
+--messages-per-contact M --events-per-contact E off the seeder's defaults), as bench/export_bench.py does, and a
 demo-size account `bench500-00001` (the demo's size: 500 contacts, the seeder's defaults for the rest),
 then measures in the same run:
 
+    (a') COPY (every default category's mapping query, ordered) TO STDOUT (FORMAT csv), blocks discarded:
+         the same rows as the export, in one REPEATABLE READ, READ ONLY transaction, before Airflow starts
     (c)  `portability export --account ACCOUNT --json` with the default formats, a child process, before
          Airflow starts (so nothing else runs beside it): wall time and peak RSS of its process tree
     (d)  the `account_export` DAG run by `airflow standalone` (LocalExecutor, the scheduler, DAG processor,
@@ -50,6 +53,7 @@ from export_bench import (
     BenchError,
     Check,
     CpuSplit,
+    add_account_options,
     copy_to_nowhere,
     ensure_account,
     exported_rows,
@@ -63,6 +67,7 @@ from export_bench import (
 MAX_SCHEDULER_RATIO = 1.15   # (d) wall / (c) wall, same account
 MAX_TASK_RSS_MIB = 512       # peak RSS of any single task process of (d)
 MAX_DEMO_SECONDS = 10.0      # a demo-size account, REST trigger to success
+MAX_RAW_COPY_RATIO = 1.3     # (d) wall / (a') wall: the DAG run against the raw COPY of the same rows
 
 DAG_ID = "account_export"
 DEMO_CONTACTS = 500          # dev/portability_dev/demo.py seeds its accounts with 500 contacts (other sizes: defaults)
@@ -493,6 +498,9 @@ def compare_archives(client, reference: dict, other: dict) -> dict:
 class AccountResult:
     account_id: str
     contacts: int
+    a_walls: list[float] = field(default_factory=list)  # (a'): the raw COPY of the export's rows
+    a_rows: int = 0
+    a_csv_bytes: int = 0
     c_walls: list[float] = field(default_factory=list)
     c_rss_mib: float = 0.0
     c_cpu_s: dict | None = None
@@ -506,6 +514,7 @@ class AccountResult:
 
     def to_dict(self) -> dict:
         best = self.best_d
+        a_wall = min(self.a_walls) if self.a_walls else None
         c_wall = min(self.c_walls) if self.c_walls else None
         d_wall = best["wall_s"] if best else None
         summary = self.c_summaries[0] if self.c_summaries else None
@@ -514,7 +523,10 @@ class AccountResult:
             "account": self.account_id,
             "contacts": self.contacts,
             "rows": sum(rows.values()),
+            "rows_by_category": rows,
             "archive_bytes": summary.get("bytes") if summary else None,
+            "a": {"wall_s": _round(a_wall), "walls_s": [round(w, 3) for w in self.a_walls], "rows": self.a_rows,
+                  "csv_bytes": self.a_csv_bytes},
             "c": {"wall_s": _round(c_wall), "walls_s": [round(w, 3) for w in self.c_walls],
                   "peak_rss_mib": round(self.c_rss_mib, 1), "cpu_s": self.c_cpu_s},
             "d": None if best is None else {
@@ -526,6 +538,8 @@ class AccountResult:
                    if k not in ("wall_s", "summary", "max_task_rss_mib", "max_task_rss_task")},
             },
             "d_over_c": _round(d_wall / c_wall) if c_wall and d_wall else None,
+            "d_over_a": _round(d_wall / a_wall) if a_wall and d_wall else None,
+            "c_over_a": _round(c_wall / a_wall) if a_wall and c_wall else None,
             "data_identical": all(c["identical"] for c in self.comparisons) if self.comparisons else None,
             "comparisons": self.comparisons,
         }
@@ -572,21 +586,41 @@ def store_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
 
 
-def warm_up(conninfo: str, account_ids: list[str]) -> None:
-    """One untimed read of every category of each account, so that no measurement pays for the first read."""
-    import psycopg
-
+def default_queries() -> list:
+    """The mapping query of every category the export writes by default."""
     from portability.records.schemas import SchemaSet
     from portability.resources.mapping import load_mapping
 
     categories = SchemaSet().request["properties"]["categories"]["default"]
     mapping = load_mapping()
+    missing = [c for c in categories if c not in mapping]
+    if missing:
+        raise BenchError(f"the source mapping has no query for {missing}: the export could not run either")
+    return [mapping[c] for c in categories]
+
+
+def warm_up_and_copy(conninfo: str, accounts: list[AccountResult], repeat: int) -> None:
+    """One untimed read of every category of each account, so that no measurement pays for the first read;
+    then (a'), `repeat` timed COPYs of the same rows, before anything else runs."""
+    import psycopg
+
+    queries = default_queries()
     with psycopg.connect(conninfo, application_name="airflow-bench") as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        for account_id in account_ids:
-            rows, _, wall = copy_to_nowhere(conn, [mapping[c] for c in categories], account_id)
-            log.warning("warm-up: %s, %d rows copied in %.2f s", account_id, rows, wall)
+        for account in accounts:
+            rows, _, wall = copy_to_nowhere(conn, queries, account.account_id)
+            log.warning("warm-up: %s, %d rows copied in %.2f s", account.account_id, rows, wall)
+        for account in accounts:
+            for round_ in range(1, repeat + 1):
+                rows, size, wall = copy_to_nowhere(conn, queries, account.account_id)
+                if account.a_walls and rows != account.a_rows:
+                    log.warning("(a') %s: %d rows this run, %d before; the data changed", account.account_id,
+                                rows, account.a_rows)
+                account.a_walls.append(wall)
+                account.a_rows, account.a_csv_bytes = rows, size
+                log.warning("(a') round %d of %d: %s, %d rows copied in %.2f s", round_, repeat,
+                            account.account_id, rows, wall)
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:
@@ -610,14 +644,16 @@ def run_benchmark(args) -> dict:
     conninfo = config.source_settings().conninfo
     accounts: list[AccountResult] = []
     if not args.skip_big:
-        accounts.append(AccountResult(ensure_account(conninfo, args.contacts), args.contacts))
+        accounts.append(AccountResult(ensure_account(conninfo, args.contacts, args.messages_per_contact,
+                                                     args.events_per_contact), args.contacts))
     if args.demo_account and not any(a.contacts == DEMO_CONTACTS for a in accounts):
         accounts.append(AccountResult(ensure_account(conninfo, DEMO_CONTACTS), DEMO_CONTACTS))
     if not accounts:
         raise BenchError("nothing to measure: --skip-big with --no-demo-account")
     with psycopg.connect(conninfo) as conn:
         machine = machine_info(conn)
-    warm_up(conninfo, [a.account_id for a in accounts])
+    # (a') and (c) first, with nothing else running: Airflow's idle processes would otherwise slow them down too.
+    warm_up_and_copy(conninfo, accounts, args.repeat)
 
     # (c) first, with nothing else running: Airflow's idle processes would otherwise slow it down too.
     for account in accounts:
@@ -675,6 +711,8 @@ def run_benchmark(args) -> dict:
         "machine": machine,
         "git": git_state(),
         "airflow": airflow_info,
+        "messages_per_contact": args.messages_per_contact,
+        "events_per_contact": args.events_per_contact,
         "repeat": args.repeat,
         "statistic": "best (minimum) wall of the repeats; peak RSS the maximum; the demo target on the worst run",
         "measured_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -692,6 +730,8 @@ def evaluate(accounts: list[AccountResult], args) -> dict:
     checks = {
         "scheduler_ratio": Check("(d)/(c) wall, same account", big["d_over_c"] if big else None,
                                  MAX_SCHEDULER_RATIO, True, "x"),
+        "raw_copy_ratio": Check("(d)/(a') wall, same rows", big["d_over_a"] if big else None,
+                                MAX_RAW_COPY_RATIO, True, "x"),
         "identical": Check("data files of (d) identical to (c)'s", None if not identical else float(all(identical)),
                            1, False, ""),
         "task_rss": Check("peak RSS of any task process of (d)", max(rss) if rss else None, MAX_TASK_RSS_MIB,
@@ -703,7 +743,10 @@ def evaluate(accounts: list[AccountResult], args) -> dict:
     if targets["identical"]["value"] is not None:
         targets["identical"]["value"] = "yes" if all(identical) else "no"
         targets["identical"]["target"] = "yes"
-    return {"targets": targets, "all_pass": all(c.passed for c in checks.values() if c.passed is not None)}
+    warnings = [f"{a['account']}: (c) wrote {a['rows']:,} rows but (a') copied {a['a']['rows']:,}: the ratio "
+                "compares different work" for a in all_d if a["a"]["walls_s"] and a["rows"] != a["a"]["rows"]]
+    return {"targets": targets, "all_pass": all(c.passed for c in checks.values() if c.passed is not None),
+            "warnings": warnings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,6 +755,9 @@ def evaluate(accounts: list[AccountResult], args) -> dict:
 
 def _fmt(value, spec: str = ".2f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
+
+
+A_WALL, D_OVER_A = "(a') s", "(d)/(a')"
 
 
 def print_report(results: dict) -> None:
@@ -725,20 +771,30 @@ def print_report(results: dict) -> None:
           f"{airflow['ready_after_s']:.0f} s after start{warm}")
     print(f"{results['repeat']} run(s) each, {results['statistic']}")
     print()
-    header = (f"{'account':<22} {'contacts':>10} {'rows':>10} {'(c) s':>8} {'(d) s':>8} {'(d)/(c)':>8} "
-              f"{'(c) RSS':>8} {'task RSS':>9} {'idle s':>7} {'tasks':>6}  identical")
+    header = (f"{'account':<24} {'contacts':>10} {'rows':>11} {A_WALL:>8} {'(c) s':>8} {'(d) s':>8} "
+              f"{'(d)/(c)':>8} {D_OVER_A:>9} {'(c) RSS':>8} {'task RSS':>9} {'idle s':>7} {'tasks':>6}  identical")
     print(header)
     print("-" * len(header))
     for a in results["accounts"]:
         d = a["d"] or {}
         ident = {True: "yes", False: "NO", None: "-"}[a["data_identical"]]
-        print(f"{a['account']:<22} {a['contacts']:>10,} {a['rows']:>10,} {_fmt(a['c']['wall_s']):>8} "
-              f"{_fmt(d.get('wall_s')):>8} {_fmt(a['d_over_c'], '.2f'):>7}x {a['c']['peak_rss_mib']:>8.0f} "
+        print(f"{a['account']:<24} {a['contacts']:>10,} {a['rows']:>11,} {_fmt(a['a']['wall_s']):>8} "
+              f"{_fmt(a['c']['wall_s']):>8} {_fmt(d.get('wall_s')):>8} {_fmt(a['d_over_c'], '.2f'):>7}x "
+              f"{_fmt(a['d_over_a'], '.2f'):>8}x {a['c']['peak_rss_mib']:>8.0f} "
               f"{_fmt(d.get('max_task_rss_mib'), '.0f'):>9} {_fmt(d.get('idle_s')):>7} "
               f"{len(d.get('tasks', [])):>6}  {ident}")
+    print("(a') s: raw COPY of the same rows as (c) (every default category, blocks discarded), best wall;")
     print("(c) s / (d) s: wall, REST trigger to success for (d); task RSS: the largest task process of (d), MiB;")
     print("idle s: time of (d) with no task of the run running (scheduling overhead)")
     for a in results["accounts"]:
+        print()
+        print(f"{a['account']}: rows of (c) by category: "
+              + ", ".join(f"{category} {rows:,}" for category, rows in a["rows_by_category"].items()))
+        cpu = a["c"]["cpu_s"]
+        if cpu:
+            print(f"CPU-seconds during (c): wall x cores {cpu['available']:.1f}, busy {cpu['busy']:.1f} (export "
+                  f"{cpu['export']:.1f}, PostgreSQL {cpu['postgresql']:.1f}, S3 {cpu['s3_server']:.1f}, other "
+                  f"{cpu['other']:.1f}), stolen {cpu['stolen']:.1f}")
         if a["d"]:
             print_tasks(a)
         for round_, comparison in enumerate(a["comparisons"], 1):
@@ -760,6 +816,8 @@ def print_report(results: dict) -> None:
             value = f"{value:.0f}{check['unit']}" if check["unit"] == " MiB" else f"{value:.2f}{check['unit']}"
         print(f"{check['name']:<44} {value if value is not None else '-':>12}   target {check['target']:<12} "
               f"{check['verdict']}")
+    for warning in results.get("warnings", []):
+        print(f"warning: {warning}")
 
 
 def print_tasks(a: dict) -> None:
@@ -787,8 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contacts", type=positive_int, default=1_000_000,
                         help="contacts of the benchmark account bench{N}-00001 (default 1000000)")
+    add_account_options(parser)
     parser.add_argument("--repeat", type=positive_int, default=1,
-                        help="runs of (c) and (d) per account; the best wall counts (default 1)")
+                        help="runs of (a'), (c) and (d) per account; the best wall counts (default 1)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     parser.add_argument("--demo-account", action=argparse.BooleanOptionalAction, default=True,
                         help=f"also measure the demo-size account bench{DEMO_CONTACTS}-00001 (default: yes)")
