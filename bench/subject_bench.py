@@ -80,6 +80,7 @@ import json, os, selectors, sys, time
 result, argv = sys.argv[1], sys.argv[2:]
 out_r, out_w = os.pipe()
 err_r, err_w = os.pipe()
+os.environ["SUBJECT_BENCH_SPAWNED_AT"] = repr(time.time())  # for _PHASES: its notes count from the spawn too
 start = time.perf_counter()
 pid = os.posix_spawn(argv[0], argv, os.environ,
                      file_actions=[(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)])
@@ -285,6 +286,80 @@ def execution_ms(plan: list[str]) -> float | None:
 # Where the time goes
 # --------------------------------------------------------------------------------------------
 
+# `python -c _PHASES ARGS...` runs `portability ARGS...` as its console script does, and notes (seconds after
+# the launcher spawned it) when some modules are first imported, and when some steps of the command begin and
+# end: each is wrapped as soon as its module is imported (an __import__ hook), so nothing is imported earlier
+# than the command imports it. The notes go to stderr as one line "PHASES <json>" at the end.
+_PHASES = r"""
+import builtins, functools, json, os, sys, time
+T0 = float(os.environ.get("SUBJECT_BENCH_SPAWNED_AT") or time.time())
+notes = []
+def note(what):
+    notes.append([what, round(time.time() - T0, 4)])
+FIRST_IMPORT = ["airflow.sdk", "psycopg", "adbc_driver_postgresql", "pyarrow", "pandas", "boto3",
+                "portability.service", "portability.pipeline.export"]
+STEPS = {
+    "portability.service": ["export_now", "_export_in_process", "deliver", "link"],
+    "portability.resources.ledger": ["start_in_process"],
+    "portability.pipeline.export": ["plan", "export_from_source", "package", "cleanup", "_read_snapshot"],
+}
+seen, patched = set(), set()
+def wrap(module, name):
+    function = getattr(module, name, None)
+    if function is None:
+        return
+    @functools.wraps(function)
+    def timed(*args, **kwargs):
+        note(f"{name} begins")
+        try:
+            return function(*args, **kwargs)
+        finally:
+            note(f"{name} ends")
+    setattr(module, name, timed)
+def after_import():
+    for name in FIRST_IMPORT:
+        if name not in seen and name in sys.modules:
+            seen.add(name)
+            note(f"import {name} done")
+    for name, functions in STEPS.items():
+        module = sys.modules.get(name)
+        # Not while the module's own body runs (it imports others first): its functions are not defined yet.
+        if name not in patched and module is not None and not getattr(module.__spec__, "_initializing", False):
+            patched.add(name)
+            for function in functions:
+                wrap(sys.modules[name], function)
+original_import = builtins.__import__
+def hooked_import(*args, **kwargs):
+    module = original_import(*args, **kwargs)
+    if len(seen) < len(FIRST_IMPORT) or len(patched) < len(STEPS):
+        after_import()
+    return module
+builtins.__import__ = hooked_import
+sys.argv = ["portability", *sys.argv[1:]]
+note("python started")
+from portability.cli import main
+note("portability.cli imported")
+try:
+    code = main()
+finally:
+    note("main returned")
+    sys.stderr.write("PHASES " + json.dumps(notes) + "\n")
+sys.exit(code)
+"""
+
+
+def phase_profile(account_id: str, email: str) -> dict:
+    """One run of the top subject through _PHASES, with -v: when each step began and ended."""
+    argv = [sys.executable, "-c", _PHASES, "-v", "export", "--account", account_id, "--subject", email, "--json"]
+    run = run_timed(argv, child_env())
+    notes = next((json.loads(line[len("PHASES "):]) for line in reversed(run.stderr.splitlines())
+                  if line.startswith("PHASES ")), None)
+    if run.returncode != 0 or notes is None:
+        raise BenchError(f"the profiled run failed (exit {run.returncode}):\n{run.stderr_tail()}")
+    return {"link_s": None if run.link_s is None else round(run.link_s, 3), "exit_s": round(run.wall_s, 3),
+            "cpu_s": round(run.cpu_s, 3), "notes": notes,
+            "stderr_lines": [line for line in run.stderr_lines if not line[1].startswith("PHASES ")]}
+
 def import_profile(account_id: str, email: str) -> dict:
     """One run under `python -X importtime`: the time imports take wherever they happen (slightly inflated by
     the measuring), and the slowest top-level imports."""
@@ -354,14 +429,10 @@ def run_benchmark(args) -> dict:
         subject["best_link_s"] = min(subject["link_walls_s"])
         subject["worst_link_s"] = max(subject["link_walls_s"])
 
-    log.warning("profiling: one run with -v, one under -X importtime ...")
+    log.warning("profiling: one run with -v and the steps timed, one under -X importtime ...")
     top = subjects[0]
-    _, verbose_run = run_export(account_id, top["email"], verbose=True)
-    profile = {
-        "verbose_run": {"link_s": round(verbose_run.link_s, 3), "exit_s": round(verbose_run.wall_s, 3),
-                        "cpu_s": round(verbose_run.cpu_s, 3), "stderr_lines": verbose_run.stderr_lines},
-        "imports": import_profile(account_id, top["email"]),
-    }
+    profile = {"verbose_run": phase_profile(account_id, top["email"]),
+               "imports": import_profile(account_id, top["email"])}
     return {
         "machine": machine,
         "account": account_id,
@@ -425,9 +496,12 @@ def print_report(results: dict) -> None:
     print(f"  interpreter alone (python -c pass): {imports['interpreter_s']:.3f} s; imports under -X importtime: "
           f"{imports['imports_s']:.3f} s of a {imports['wall_s']:.2f} s run; slowest top-level imports: "
           + ", ".join(f"{t['module']} {t['cumulative_s']:.2f}" for t in imports["top_imports"]))
-    for at, line in verbose["stderr_lines"]:
+    timeline = [(at, f"[{what}]") for what, at in verbose["notes"]] + [(at, line) for at, line in
+                                                                      verbose["stderr_lines"]]
+    if verbose["link_s"] is not None:
+        timeline.append((verbose["link_s"], "(the link printed)"))
+    for at, line in sorted(timeline, key=lambda item: item[0]):
         print(f"  {at:7.3f}  {line[:140]}")
-    print(f"  {verbose['link_s']:7.3f}  (the link printed)")
     print()
     print("targets:")
     for check in results["targets"].values():
