@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from portability.records.schemas import SchemaSet
+from portability.records.values import render_timestamp
 
 MAX_REQUEST_BYTES = 16_384
 MAX_REQUEST_DEPTH = 8  # the schema needs 2 (a list of names); anything deeper is hostile
@@ -85,7 +86,7 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
 
 
 def _instant(merged: dict, name: str) -> str | None:
-    """An RFC 3339 instant as the ledger and the queries take it: UTC, `Z`, no fraction unless given."""
+    """An RFC 3339 instant as the ledger, the queries and the manifest take it: UTC, microseconds, `Z`."""
     value = merged[name]
     if value is None:
         return None
@@ -96,7 +97,7 @@ def _instant(merged: dict, name: str) -> str | None:
     if instant is None or instant.tzinfo is None or "T" not in value.upper():
         raise RequestError(f"invalid export request: field {name!r}: {_clip(repr(value))} is not an RFC 3339 "
                            "instant with its offset, e.g. 2025-01-01T00:00:00Z")
-    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return render_timestamp(instant.astimezone(UTC))
 
 
 def _subject_categories(categories: list, asked: object, default: list) -> list:
