@@ -1,0 +1,218 @@
+"""One data subject's export, end to end through the command (SPEC §3, §5, §6): the archive holds exactly what the
+account has about one address (contact records, memberships with the list's name and address, suppressions,
+messages sent to it and their events), says whose data it is, and verifies; the address reaches no object key,
+log line or XCom value; a bad address or a category that cannot be narrowed is refused by field name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers.archive_checks import check_standard_tools
+from tests.helpers.commands import portability_cli
+from tests.helpers.exports import data_entries
+from tests.helpers.subjects import (
+    NOTHING_HELD,
+    SUBJECT_CATEGORIES,
+    archive_file,
+    archived_records,
+    check_subject_archive,
+    expected_keys,
+    find_address,
+    object_keys,
+    plant,
+    same_address,
+    zip_names,
+)
+
+pytestmark = pytest.mark.reliability
+
+A, B = "subj-00001", "subj-00002"
+SUBJECT = "Jane.Subject+Private@Example.COM"
+# Stored in several cases: each is the subject's (SPEC §3 matches addresses case-insensitively).
+STORED_AS = ("jane.subject+private@example.com", "JANE.SUBJECT+PRIVATE@EXAMPLE.COM", SUBJECT)
+# Other people's addresses that a sloppy match (prefix, suffix, LIKE, a look-alike letter) would take for hers.
+NEIGHBOURS = ("jjane.subject+private@example.com", "jane.subject+private@example.com.evil",
+              "ane.subject+private@example.com", "jane.subject+private@example.co",
+              "jane.subject+privat@example.com", "j\u0430ne.subject+private@example.com",  # Cyrillic а
+              "\uff4aane.subject+private@example.com",  # fullwidth ｊ
+              "jane.subject+private@exa\u0301mple.com",  # a combining accent
+              "jane_subject+private@example.com", "jane%subject+private@example.com")
+NOBODY = "nobody.at.all@nowhere-subject.example"
+
+
+@pytest.fixture(scope="module")
+def planted(store_env):
+    """Two seeded accounts; in A the subject's rows (in three cases) and her neighbours', in B the subject's."""
+    import psycopg
+
+    from portability.resources import config
+    from portability_dev.seed import SeedOptions, seed
+
+    with psycopg.connect(config.source_settings().conninfo) as db:
+        seed(db, SeedOptions(accounts=2, contacts=40, prefix="subj", large_html_bytes=0))
+        for account in (A, B):
+            lists = [r[0] for r in db.execute("SELECT id FROM lists WHERE account_id = %s ORDER BY id LIMIT 2",
+                                              (account,))]
+            campaign = db.execute("SELECT min(id) FROM campaigns WHERE account_id = %s", (account,)).fetchone()[0]
+            stored = STORED_AS if account == A else (SUBJECT.lower(),)
+            for n, address in enumerate(stored):
+                plant(db, account, address, lists=lists if n == 0 else lists[:1], campaign=campaign,
+                      messages=2 if n < 2 else 1, events_per_message=3 if n == 0 else 1)
+            if account == A:
+                for address in NEIGHBOURS:
+                    plant(db, account, address, lists=lists[:1], campaign=campaign, messages=1, events_per_message=1)
+        db.commit()
+        expected = expected_keys(db, A, same_address(SUBJECT))
+    assert all(expected[c] for c in SUBJECT_CATEGORIES), expected  # the subject has rows in every category
+    return {"expected": expected}
+
+
+def export(*args: str) -> subprocess.CompletedProcess:
+    return portability_cli("-v", "export", *args, check=False)
+
+
+@pytest.fixture(scope="module")
+def subject_export(planted, store_env, tmp_path_factory):
+    """The subject's export of A through `portability -v export --subject … --json`, and its archive."""
+    from portability.resources import config
+    from portability.resources.storage import ObjectStore
+
+    result = export("--account", A, "--subject", SUBJECT, "--formats", "csv,jsonl,parquet", "--json")
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    store = ObjectStore(config.storage_settings())
+    archive, root = archive_file(store, summary["bucket"], summary["key"], tmp_path_factory.mktemp("subject"))
+    return {"result": result, "summary": summary, "archive": archive, "root": root, "store": store}
+
+
+def test_the_archive_holds_exactly_the_subjects_rows_and_says_whose_they_are(planted, subject_export, db):
+    expected = planted["expected"]
+    manifest = check_subject_archive(subject_export["root"], A, SUBJECT, expected)
+    assert list(manifest["contents"]) == list(SUBJECT_CATEGORIES)
+    counts = subject_export["summary"]["counts"]
+    assert {c: counts[c] for c in counts} == {
+        c: {"source_count": len(keys), "exported": len(keys), "quarantined": 0} for c, keys in expected.items()}
+    root = subject_export["root"]
+    # Addresses as stored, in every case the account stored them.
+    assert {r["email"] for r in archived_records(root, "contacts")} == set(STORED_AS)
+    assert {r["address"] for r in archived_records(root, "suppressions")} == set(STORED_AS)
+    assert {r["recipient"] for r in archived_records(root, "messages")} == set(STORED_AS)
+    # A membership speaks the requester's language: the member's address and the list's name and address.
+    lists = {row[0]: row[1:] for row in db.execute("SELECT id, name, address FROM lists WHERE account_id = %s", (A,))}
+    for member in archived_records(root, "list_members"):
+        assert (member["list_name"], member["list_address"]) == lists[member["list_id"]]
+        assert member["email"] in STORED_AS
+    # Which campaigns reached her: each message names its campaign (none for transactional mail).
+    campaigns = dict(db.execute("SELECT id, name FROM campaigns WHERE account_id = %s", (A,)).fetchall())
+    messages = {r["id"]: r for r in archived_records(root, "messages")}
+    assert any(r["campaign_id"] is None for r in messages.values())
+    for record in messages.values():
+        assert record.get("campaign_name") == campaigns.get(record["campaign_id"])
+    # Every event is of one of her messages.
+    assert {r["message_id"] for r in archived_records(root, "events")} <= set(messages)
+
+
+def test_the_subjects_archive_verifies(subject_export):
+    verified = portability_cli("verify", str(subject_export["archive"]), check=False)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout + verified.stderr
+    check_standard_tools(subject_export["root"])
+
+
+def test_the_address_is_in_no_object_key_and_no_line_of_the_commands_output(subject_export):
+    result = subject_export["result"]
+    output = result.stdout + result.stderr
+    assert "INFO" in result.stderr, "-v logged nothing: the check would prove nothing"
+    for address in (SUBJECT, *STORED_AS):
+        assert find_address(output, address) is None, find_address(output, address)
+    keys = object_keys(subject_export["store"])
+    assert any(subject_export["summary"]["export_id"] in key for key in keys)
+    for key in keys + zip_names(subject_export["archive"]):
+        assert find_address(key, SUBJECT) is None, key
+
+
+def test_the_same_address_in_another_case_gives_the_same_data(planted, subject_export, tmp_path):
+    result = export("--account", A, "--subject", SUBJECT.swapcase(), "--formats", "csv,jsonl,parquet", "--json")
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    archive, root = archive_file(subject_export["store"], summary["bucket"], summary["key"], tmp_path)
+    check_subject_archive(root, A, SUBJECT.swapcase(), planted["expected"])
+    assert data_entries(archive.read_bytes()) == data_entries(subject_export["archive"].read_bytes())
+
+
+def test_nothing_of_the_other_account_is_in_the_subjects_archive(planted, subject_export, db):
+    root = subject_export["root"]
+    theirs = expected_keys(db, B, same_address(SUBJECT))
+    assert all(theirs[c] for c in SUBJECT_CATEGORIES)
+    for category in SUBJECT_CATEGORIES:
+        from tests.helpers.archive_checks import record_key
+
+        ours = {record_key(category, r) for r in archived_records(root, category)}
+        assert not ours & theirs[category], category
+
+
+def test_an_address_with_no_data_gives_an_archive_of_zero_counts_that_says_so(planted, store, tmp_path):
+    result = export("--account", A, "--subject", NOBODY, "--json")
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert set(summary["counts"]) == set(SUBJECT_CATEGORIES)
+    assert all(c == {"source_count": 0, "exported": 0, "quarantined": 0} for c in summary["counts"].values()), (
+        summary["counts"])
+    archive, root = archive_file(store, summary["bucket"], summary["key"], tmp_path)
+    check_subject_archive(root, A, NOBODY, {c: set() for c in SUBJECT_CATEGORIES})
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert NOTHING_HELD.search(readme), readme[:2000]
+    verified = portability_cli("verify", str(archive), check=False)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK"), verified.stdout + verified.stderr
+    assert find_address(result.stdout + result.stderr, NOBODY) is None
+
+
+def test_an_address_that_begins_with_a_dash_is_taken_as_typed(planted):
+    """`--subject -x@…` as `--account -x1` is: a valid address is accepted whatever its first character."""
+    result = export("--account", A, "--subject", "-dash.subject@example.org", "--json")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert all(c["source_count"] == 0 for c in json.loads(result.stdout)["counts"].values())
+
+
+BAD = {
+    "not an email": (["--subject", "zelda.private.person"], "subject_email"),
+    "two at signs": (["--subject", "zelda.private@person@example.com"], "subject_email"),
+    "a display name": (["--subject", "Zelda Private <zelda.private@example.com>"], "subject_email"),
+    "a trailing newline": (["--subject", "zelda.private@example.com\n"], "subject_email"),
+    "255 characters": (["--subject", "zelda.private." + "x" * 235 + "@e.com"], "subject_email"),
+    "4000 characters": (["--subject", "zelda.private." + "x" * 3980 + "@e.com"], "subject_email"),
+    "a category that cannot be narrowed": (["--categories", "domains", "--subject", "zelda.private@example.com"],
+                                           "categories"),
+    "the account among others": (["--categories", "account,contacts", "--subject", "zelda.private@example.com"],
+                                 "categories"),
+}
+
+
+def _exports_of(account: str) -> int:
+    from portability.resources import ledger
+
+    with ledger.connect() as conn:
+        return conn.execute("SELECT count(*) AS n FROM exports WHERE account_id = %s", (account,)).fetchone()["n"]
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_subject_request_exits_2_naming_the_field_without_echoing_the_address(case, planted, tally):
+    args, field = BAD[case]
+    address = args[args.index("--subject") + 1]
+    before = _exports_of(A)
+    result = portability_cli("export", "--account", A, *args, "--json", check=False)
+    tally["hostile inputs tried"] += 1
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and not result.stdout.strip(), result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith(f"portability export: invalid export request: field '{field}'"), lines[0]
+    # Nor in what -v adds (the failure's traceback, for an engineer).
+    verbose = export("--account", A, *args, "--json")
+    assert verbose.returncode == 2
+    for text in (result.stderr, verbose.stdout + verbose.stderr):
+        assert find_address(text, address.strip()) is None, find_address(text, address.strip())
+        assert "zelda" not in text.lower(), text[-2000:]
+    assert _exports_of(A) == before  # refused before anything was recorded or read
