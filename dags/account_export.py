@@ -67,11 +67,11 @@ def export_account(plan: dict) -> list[dict]:
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from portability import service
     from portability.pipeline import export
-    from portability.pipeline.model import Plan
     from portability.records.validation import InvalidRecords
 
-    current, ti = Plan.from_xcom(plan), get_current_context()["ti"]
+    current, ti = service.plan_from_xcom(plan), get_current_context()["ti"]
     if current.joined:
         raise AirflowSkipException(f"export {current.joined} of this account is under way and covers this "
                                    "request: it was added to that export's requesters")
@@ -99,14 +99,15 @@ def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
     """Validate every record of one shard and write its pieces of the requested formats to staging."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from portability import service
     from portability.pipeline import export
-    from portability.pipeline.model import Plan, Shard, Snapshot
+    from portability.pipeline.model import Shard, Snapshot
     from portability.records.validation import InvalidRecords
 
     current = Shard.from_xcom(shard)
     get_current_context()["shard_label"] = current.label
     try:
-        return export.export_shard(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot), current).to_xcom()
+        return export.export_shard(service.plan_from_xcom(plan), Snapshot.from_xcom(snapshot), current).to_xcom()
     except InvalidRecords as exc:
         raise AirflowFailException(str(exc)) from None  # on_invalid=fail: the data will not change on retry
 
@@ -114,10 +115,11 @@ def export_shard(plan: dict, snapshot: dict, shard: dict) -> dict:
 @task
 def package(plan: dict, snapshot: dict, results: list) -> dict:
     """Zip a sharded account's bag into the region's bucket (it becomes visible only when complete)."""
+    from portability import service
     from portability.pipeline import export
-    from portability.pipeline.model import Plan, ShardResult, Snapshot
+    from portability.pipeline.model import ShardResult, Snapshot
 
-    summary = export.package(Plan.from_xcom(plan), Snapshot.from_xcom(snapshot),
+    summary = export.package(service.plan_from_xcom(plan), Snapshot.from_xcom(snapshot),
                              [ShardResult.from_xcom(result) for result in results])
     return summary.to_xcom()
 

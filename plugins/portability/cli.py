@@ -62,6 +62,9 @@ def _request_conf(args) -> dict:
         conf["expires_in_hours"] = args.expires_in_hours
     if args.on_invalid:
         conf["on_invalid"] = args.on_invalid
+    for option, name in (("subject", "subject_email"), ("since", "since"), ("until", "until")):
+        if getattr(args, option) is not None:
+            conf[name] = getattr(args, option)
     for name in _REQUESTER_FIELDS:
         if getattr(args, name, None):
             conf[name] = getattr(args, name)
@@ -308,6 +311,10 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formats", help="comma-separated csv,jsonl,parquet; default csv,jsonl")
     parser.add_argument("--expires-in-hours", type=int, help="link lifetime, 1 to 168 (default 72)")
     parser.add_argument("--on-invalid", choices=["quarantine", "fail"])
+    parser.add_argument("--subject", metavar="EMAIL",
+                        help="only what the account holds about this one person (GDPR Art. 15 and 20)")
+    parser.add_argument("--since", metavar="INSTANT", help="messages and events at or after this RFC 3339 instant")
+    parser.add_argument("--until", metavar="INSTANT", help="messages and events before this RFC 3339 instant")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,14 +201,15 @@ def test_a_bad_address_beside_another_bad_field_is_still_not_echoed(schemas, sma
 # --- since and until ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("given", "canonical"), [
-    ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
-    ("2025-01-01T00:00:00z", "2025-01-01T00:00:00Z"),
-    ("2025-01-01t00:00:00Z", "2025-01-01T00:00:00Z"),
-    ("2025-01-01T00:00:00+00:00", "2025-01-01T00:00:00Z"),
-    ("2025-01-01T02:30:00+02:30", "2025-01-01T00:00:00Z"),
-    ("2024-12-31T19:00:00-05:00", "2025-01-01T00:00:00Z"),
+    ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.000000Z"),
+    ("2025-01-01T00:00:00z", "2025-01-01T00:00:00.000000Z"),
+    ("2025-01-01t00:00:00Z", "2025-01-01T00:00:00.000000Z"),
+    ("2025-01-01T00:00:00+00:00", "2025-01-01T00:00:00.000000Z"),
+    ("2025-01-01T02:30:00+02:30", "2025-01-01T00:00:00.000000Z"),
+    ("2024-12-31T19:00:00-05:00", "2025-01-01T00:00:00.000000Z"),
     ("2025-01-01T00:00:00.5Z", "2025-01-01T00:00:00.500000Z"),
     ("2025-06-30T23:59:59.123456+00:00", "2025-06-30T23:59:59.123456Z"),
+    ("0999-12-31T23:59:59Z", "0999-12-31T23:59:59.000000Z"),
 ])
 def test_since_and_until_are_kept_as_utc_instants(schemas, given, canonical):
     request = parse_request({"account_id": "acme", "since": given}, schemas)
@@ -254,6 +255,7 @@ def test_an_instant_that_is_not_a_string_is_refused_naming_the_field(schemas, va
     ("2025-01-02T00:00:00Z", "2025-01-01T00:00:00Z"),
     ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
     ("2025-01-01T01:00:00+01:00", "2025-01-01T00:00:00Z"),  # the same instant, written two ways
+    ("2025-01-01T00:00:00.5Z", "2025-01-01T00:00:00Z"),  # as text, "00.5Z" sorts before "00Z"
 ])
 def test_until_must_be_after_since(schemas, since, until):
     message = refused({"account_id": "acme", "since": since, "until": until}, schemas)
@@ -263,4 +265,7 @@ def test_until_must_be_after_since(schemas, since, until):
 def test_since_before_until_is_kept(schemas, small_mapping):
     request = parse_request({"account_id": "acme", "since": "2025-01-01T00:00:00Z",
                              "until": "2025-01-01T00:00:00.000001Z", "subject_email": SUBJECT}, schemas)
-    assert (request.since, request.until) == ("2025-01-01T00:00:00Z", "2025-01-01T00:00:00.000001Z")
+    assert (request.since, request.until) == ("2025-01-01T00:00:00.000000Z", "2025-01-01T00:00:00.000001Z")
+    request = parse_request({"account_id": "acme", "since": "2025-01-01T00:00:00.5Z",
+                             "until": "2025-01-01T00:00:01Z"}, schemas)
+    assert (request.since, request.until) == ("2025-01-01T00:00:00.500000Z", "2025-01-01T00:00:01.000000Z")

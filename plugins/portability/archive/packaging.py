@@ -61,12 +61,16 @@ def _small(path: str, content: bytes) -> PayloadFile:
 
 
 def build_manifest(plan: Plan, snapshot: Snapshot, results: list[dict]) -> dict:
+    # Whose data and which time window, only when the request narrowed them: a whole account's manifest is as before.
+    narrowed = {"data_subject": {"email": plan.subject_email}} if plan.subject_email else {}
+    narrowed.update({name: getattr(plan, name) for name in ("since", "until") if getattr(plan, name)})
     return {
         "format_version": FORMAT_VERSION,
         "export_id": plan.export_id,
         "account_id": plan.account_id,
         "region": snapshot.region,
         "snapshot_at": snapshot.snapshot_at,
+        **narrowed,
         "categories": list(plan.categories),
         "formats": list(plan.formats),
         "contents": {
@@ -144,7 +148,7 @@ def tag_files(plan: Plan, snapshot: Snapshot, results: list[dict], payload: list
     bag_info = (
         f"Source-Organization: {organization}\n"
         f"External-Identifier: {plan.export_id}\n"
-        f"External-Description: Data export of account {plan.account_id} as of {snapshot.snapshot_at}\n"
+        f"External-Description: {_what(plan)} as of {snapshot.snapshot_at}\n"
         f"Bagging-Date: {snapshot.snapshot_at[:10]}\n"
         f"Payload-Oxum: {oxum}\n"
         f"Bag-Software-Agent: portability {__version__}\n"
@@ -339,13 +343,42 @@ def _write_parquet(archive: ZipWriter, name: str, schemas: SchemaSet, category: 
     return counting.bytes, counting.sha256()
 
 
+def _what(plan: Plan) -> str:
+    if plan.subject_email:
+        return f"Data account {plan.account_id} holds about one person"
+    return f"Data export of account {plan.account_id}"
+
+
 def readme(plan: Plan, snapshot: Snapshot, results: list[dict]) -> str:
+    if plan.subject_email:
+        nothing = not any(r["source_count"] for r in results)
+        intro = [
+            f"# Data held about {plan.subject_email}",
+            "",
+            f"This archive holds everything account `{plan.account_id}` held about the person with the email address"
+            f" `{plan.subject_email}` at {snapshot.snapshot_at} (UTC), under GDPR Art. 15 and 20: their contact"
+            " records, their list memberships with the profile kept for each list, suppressions of the address,"
+            " every message sent to it (which names its campaign) and the events of those messages. The address is"
+            " matched without regard to letter case; the files show it as it is stored. Nothing about anyone else"
+            f" is here. Export id: `{plan.export_id}`.",
+            "",
+            *(["**The account held no data about this address**: every file below is empty, and `manifest.json`"
+               " counts 0 records in every category.", ""] if nothing else []),
+        ]
+    else:
+        intro = [
+            f"# Data export of account {plan.account_id}",
+            "",
+            f"This archive holds the data of account `{plan.account_id}` as it was at "
+            f"{snapshot.snapshot_at} (UTC). Export id: `{plan.export_id}`.",
+            "",
+        ]
+    if plan.since or plan.until:
+        window = " and ".join(filter(None, [plan.since and f"at or after {plan.since}",
+                                            plan.until and f"before {plan.until}"]))
+        intro += [f"Messages and events are those sent or that occurred {window}, as requested.", ""]
     lines = [
-        f"# Data export of account {plan.account_id}",
-        "",
-        f"This archive holds the data of account `{plan.account_id}` as it was at "
-        f"{snapshot.snapshot_at} (UTC). Export id: `{plan.export_id}`.",
-        "",
+        *intro,
         "## What is here",
         "",
         "| file | what it holds | records |",

@@ -37,7 +37,7 @@ DAG_ID = "account_export"
 # application's `alembic_version`, Airflow's for one).
 MIGRATIONS = Path(__file__).with_name("ledger_migrations")
 VERSION_TABLE = "portability_ledger_version"
-SCHEMA_HEAD = "0001"  # the newest revision in ledger_migrations/versions (test_ledger_migrations.py checks)
+SCHEMA_HEAD = "0002"  # the newest revision in ledger_migrations/versions (test_ledger_migrations.py checks)
 SCHEMA_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))"
 
 _UPGRADING = threading.Lock()
@@ -160,7 +160,7 @@ def submit(conn, request: dict, *, requested_by: str, notify_email: str | None =
         if idempotency_key:
             seen = conn.execute(
                 "SELECT r.*, e.dag_run_id, e.state AS export_state, e.categories AS export_categories, "
-                "e.formats AS export_formats FROM export_requests r JOIN exports e "
+                "e.formats AS export_formats, e.subject_email, e.since, e.until FROM export_requests r JOIN exports e "
                 "USING (export_id) WHERE idempotency_key = %s", (idempotency_key,)).fetchone()
             if seen:
                 _same_request(seen, request, idempotency_key)
@@ -206,9 +206,10 @@ def _live_export_covering(conn, request: dict, run_state: RunState | None) -> tu
     rows = conn.execute(
         "SELECT export_id, dag_run_id, state, categories, formats, on_invalid, lease_until, "
         "coalesce(lease_until > now(), false) AS leased FROM exports WHERE account_id = %s AND state = ANY(%s) "
-        "AND categories @> %s AND formats @> %s AND on_invalid = %s ORDER BY created_at FOR UPDATE",
+        "AND categories @> %s AND formats @> %s AND on_invalid = %s AND subject_email IS NOT DISTINCT FROM %s "
+        "AND since IS NOT DISTINCT FROM %s AND until IS NOT DISTINCT FROM %s ORDER BY created_at FOR UPDATE",
         (request["account_id"], list(ACTIVE), request["categories"], request["formats"],
-         request["on_invalid"])).fetchall()
+         request["on_invalid"], *_scope(request))).fetchall()
     dead = []
     for row in rows:
         alive, why = _liveness(row, run_state)
@@ -219,6 +220,12 @@ def _live_export_covering(conn, request: dict, run_state: RunState | None) -> tu
             dead.append(row)
         # None: it cannot be told here, so it is neither joined nor judged
     return None, dead
+
+
+def _scope(request: dict) -> tuple:
+    """What narrows an export besides its categories: one data subject, and the bounds on messages and events.
+    An export serves only requests with the same three (the archive of another subject serves nobody else)."""
+    return request.get("subject_email"), request.get("since"), request.get("until")
 
 
 def _liveness(row: dict, run_state: RunState | None) -> tuple[bool | None, str]:
@@ -268,9 +275,10 @@ def _insert_export(conn, export_id: str, request: dict, state: str, dag_run_id: 
                    lease: timedelta | None = None) -> None:
     conn.execute(
         "INSERT INTO exports (export_id, account_id, categories, formats, on_invalid, state, dag_run_id, started_at, "
-        "lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'running' THEN now() END, now() + %s)",
+        "lease_until, subject_email, since, until) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+        "CASE WHEN %s = 'running' THEN now() END, now() + %s, %s, %s, %s)",
         (export_id, request["account_id"], request["categories"], request["formats"], request["on_invalid"], state,
-         dag_run_id, state, lease or timedelta(0)))
+         dag_run_id, state, lease or timedelta(0), *_scope(request)))
 
 
 def _insert_request(conn, request_id, export_id, request, requested_by, notify_email, webhook_url,
@@ -285,9 +293,9 @@ def _insert_request(conn, request_id, export_id, request, requested_by, notify_e
 
 def _same_request(seen: dict, request: dict, key: str) -> None:
     asked = (request["account_id"], list(request["categories"]), list(request["formats"]),
-             request["expires_in_hours"], request["on_invalid"])
+             request["expires_in_hours"], request["on_invalid"], *_scope(request))
     recorded = (seen["account_id"], list(seen["categories"]), list(seen["formats"]),
-                seen["expires_in_hours"], seen["on_invalid"])
+                seen["expires_in_hours"], seen["on_invalid"], seen["subject_email"], seen["since"], seen["until"])
     if asked != recorded:
         raise LedgerError(
             f"idempotency key {key[:80]!r} was already used for another request (request {seen['request_id']}): "
@@ -403,7 +411,8 @@ def replace_dead(conn, request_id: str, run_state: RunState | None) -> dict | No
         dag_run_id = f"request__{uuid.uuid4()}"
         export_id = export_id_for_run(DAG_ID, dag_run_id)
         options = {"account_id": row["account_id"], "categories": list(row["categories"]),
-                   "formats": list(row["formats"]), "on_invalid": row["on_invalid"]}
+                   "formats": list(row["formats"]), "on_invalid": row["on_invalid"],
+                   "subject_email": row["subject_email"], "since": row["since"], "until": row["until"]}
         _insert_export(conn, export_id, options, "requested", dag_run_id, lease=LEASE_GRACE)
         _move_requests(conn, [row], export_id, "requested")
     return {"export_id": export_id, "dag_run_id": dag_run_id, "options": options}

@@ -58,7 +58,7 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
 
 def _export_in_process(options: dict, export_id: str, lease: timedelta) -> dict:
     conf = {name: options[name] for name in ("account_id", "categories", "formats", "expires_in_hours",
-                                             "on_invalid")}
+                                             "on_invalid", "since", "until", "subject_email")}
     try:
         with _renewing(export_id, lease):
             summary = export.run_export(conf, export_id)
@@ -211,6 +211,20 @@ def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | Non
                                run_state=run_state)
     widened = {name: tuple(outcome[name]) for name in ("categories", "formats") if name in outcome}
     return replace(plan, **widened, joined=outcome.get("joined"), cancelled=bool(outcome.get("cancelled")))
+
+
+def plan_from_xcom(value: dict) -> Plan:
+    """A plan as a task receives it through XCom, with the data subject's address read back from the ledger, the
+    only place it is kept."""
+    plan = Plan.from_xcom(value)
+    if not value.get("subject"):
+        return plan
+    with ledger.connect() as conn:
+        subject_email = ledger.export_record(conn, plan.export_id)["subject_email"]
+    if subject_email is None:
+        raise export.ExportError(f"export {plan.export_id} is for one data subject, but the ledger does not name "
+                                 "them: clear the whole DAG run to begin it again")
+    return replace(plan, subject_email=subject_email)
 
 
 def cancel(request_id: str) -> dict:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from portability.records.schemas import SchemaSet
+from portability.records.values import render_timestamp
 
 MAX_REQUEST_BYTES = 16_384
 MAX_REQUEST_DEPTH = 8  # the schema needs 2 (a list of names); anything deeper is hostile
@@ -67,7 +68,7 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
     # Omitted and null mean the same: the default (the trigger form sends null for a field left empty).
     merged = {name: prop.get("default") if conf.get(name) is None else conf[name] for name, prop in properties.items()}
     since, until = _instant(merged, "since"), _instant(merged, "until")
-    # Compared as instants: as text, a fraction ("00:00:00.5Z") sorts before a whole second ("00:00:00Z").
+    # Compared as instants, not as the text of the request (where "00:00:00.5Z" sorts before "00:00:00Z").
     if since and until and _parsed(until) <= _parsed(since):
         raise RequestError(f"invalid export request: field 'until' ({until}) must be after 'since' ({since})")
     categories = merged["categories"]
@@ -86,7 +87,7 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
 
 
 def _instant(merged: dict, name: str) -> str | None:
-    """An RFC 3339 instant as the ledger and the queries take it: UTC, `Z`, no fraction unless given."""
+    """An RFC 3339 instant as the ledger, the queries and the manifest take it: UTC, microseconds, `Z`."""
     value = merged[name]
     if value is None:
         return None
@@ -99,7 +100,7 @@ def _instant(merged: dict, name: str) -> str | None:
     if in_utc is None or "T" not in value.upper():
         raise RequestError(f"invalid export request: field {name!r}: {_clip(repr(value))} is not an RFC 3339 "
                            "instant with its offset, e.g. 2025-01-01T00:00:00Z")
-    return in_utc.isoformat().replace("+00:00", "Z")
+    return render_timestamp(in_utc)
 
 
 def _parsed(value: str) -> datetime:
