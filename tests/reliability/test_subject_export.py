@@ -216,3 +216,72 @@ def test_a_bad_subject_request_exits_2_naming_the_field_without_echoing_the_addr
         assert find_address(text, address.strip()) is None, find_address(text, address.strip())
         assert "zelda" not in text.lower(), text[-2000:]
     assert _exports_of(A) == before  # refused before anything was recorded or read
+
+
+def test_staged_pieces_of_a_subjects_export_are_keyed_without_the_address(planted, store, monkeypatch, tmp_path):
+    """The staged route (snapshot staged in pieces, then shards, as the DAG runs a big account): no staging key
+    carries the address while the pieces are there, and the archive holds the same records."""
+    import uuid
+
+    from portability.pipeline import export
+    from tests.helpers.exports import export_archive
+
+    monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "2")
+    plan = export.plan({"account_id": A, "subject_email": SUBJECT, "formats": ["jsonl", "parquet"]},
+                       str(uuid.uuid4()))
+    snapshot = export.take_snapshot(plan)
+    try:
+        staged = object_keys(store)
+        assert any("staging/" in key and plan.export_id in key for key in staged), staged[:5]
+        for key in staged:
+            assert find_address(key, SUBJECT) is None, key
+        data, shards = export_archive(store, plan, snapshot, shard_rows=2, reverse=True)
+    finally:
+        export.cleanup(plan.export_id, snapshot)
+    assert shards > len(SUBJECT_CATEGORIES)
+    (tmp_path / "staged.zip").write_bytes(data)
+    from tests.helpers.archive_checks import unpack
+
+    check_subject_archive(unpack(tmp_path / "staged.zip", tmp_path), A, SUBJECT, planted["expected"])
+
+
+def _xcom_values(env: dict, run_id: str) -> list[tuple[str, str, str]]:
+    """(task, key, value as JSON text) of every XCom of the run, read from Airflow's metadata database."""
+    import psycopg
+
+    url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("postgresql+psycopg2://", "postgresql://").replace(
+        "postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as conn:
+        return [tuple(row) for row in conn.execute(
+            "SELECT task_id, key, value::text FROM xcom WHERE dag_id = 'account_export' AND run_id = %s", (run_id,))]
+
+
+def test_the_dag_exports_the_subject_in_shards_with_the_address_in_no_xcom_or_log(planted, run_dag, airflow_db,
+                                                                                 store, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from portability.pipeline import export
+    from portability.service.request import export_id_for_run
+
+    # Sharded (export_shard and package each read the plan back through XCom), in pieces of two rows.
+    monkeypatch.setenv("PORTABILITY_SHARD_ROWS", "2")
+    monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "2")
+    run = run_dag({"account_id": A, "subject_email": SUBJECT, "formats": ["jsonl"]})
+    assert run["state"] == "success", run["output"][-4000:]
+    assert any(task.startswith("export_shard") for task in run["tasks"]), run["tasks"]
+    _, summary = export.find_archive(export_id_for_run("account_export", run["run_id"]))
+    archive, root = archive_file(store, summary.bucket, summary.key, tmp_path)
+    check_subject_archive(root, A, SUBJECT, planted["expected"])
+
+    values = _xcom_values(airflow_db, run["run_id"])
+    assert any(task == "validate_request" for task, _, _ in values), values
+    for task, key, value in values:
+        assert find_address(value, SUBJECT) is None, (task, key, find_address(value, SUBJECT))
+    plan = next(value for task, key, value in values if task == "validate_request" and key == "return_value")
+    assert '"subject": true' in plan, plan
+    # The task logs, wherever Airflow wrote them (`airflow dags test` also prints them, in the run's output).
+    for path in Path(airflow_db["AIRFLOW_HOME"]).rglob("*.log"):
+        assert find_address(path.read_text(errors="replace"), SUBJECT) is None, path
+    assert find_address(run["output"], SUBJECT) is None, find_address(run["output"], SUBJECT)
+    for key in object_keys(store):
+        assert find_address(key, SUBJECT) is None, key
