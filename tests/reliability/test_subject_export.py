@@ -285,3 +285,38 @@ def test_the_dag_exports_the_subject_in_shards_with_the_address_in_no_xcom_or_lo
     assert find_address(run["output"], SUBJECT) is None, find_address(run["output"], SUBJECT)
     for key in object_keys(store):
         assert find_address(key, SUBJECT) is None, key
+
+
+@pytest.mark.parametrize("under_way", ["whole account", "subject", "same subject"])
+def test_a_subjects_export_and_a_whole_accounts_never_join_each_other(planted, db, under_way):
+    """An export under way serves another request only if it is the same archive: a subject's request never waits
+    on a whole account's export (whose archive holds everyone), nor a whole account's on a subject's."""
+    from datetime import timedelta
+
+    from portability.records.schemas import SchemaSet
+    from portability.resources import ledger
+    from portability.service.request import parse_request
+
+    whole = {"account_id": A, "categories": ["contacts", "suppressions"], "formats": ["jsonl"]}
+    subject = {**whole, "subject_email": SUBJECT}
+    held, asked = {"whole account": (whole, subject), "subject": (subject, whole),
+                   "same subject": (subject, subject)}[under_way]
+    with ledger.connect() as conn:  # a live export of `held`: its process holds the lease
+        _, held_id, options = ledger.start_in_process(conn, parse_request(held, SchemaSet()).to_dict(),
+                                                      requested_by="test", notify_email=None,
+                                                      lease=timedelta(seconds=8))
+    assert options is not None
+    try:
+        result = export("--account", A, "--categories", "contacts,suppressions", "--formats", "jsonl", "--json",
+                        *(["--subject", SUBJECT] if "subject_email" in asked else []))
+    finally:
+        with ledger.connect() as conn:
+            ledger.fail(conn, held_id, "test: a simulated export under way")
+    assert result.returncode == 0, result.stderr[-3000:]
+    joined = "under way: waiting for its archive" in result.stderr
+    # The same subject's request waits on it (until its lease runs out, then exports itself); no other does.
+    assert joined == (under_way == "same subject"), result.stderr[-3000:]
+    counts = json.loads(result.stdout)["counts"]
+    owned = db.execute("SELECT count(*) FROM contacts WHERE account_id = %s", (A,)).fetchone()[0]
+    wanted = len(planted["expected"]["contacts"]) if "subject_email" in asked else owned
+    assert counts["contacts"]["exported"] == wanted
