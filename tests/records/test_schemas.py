@@ -10,6 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from portability.records.schemas import SchemaSet
+from tests.helpers.archive_checks import SECRET_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILES = sorted((REPO / "schemas").rglob("*.schema.json"))
@@ -40,6 +41,22 @@ GOOD = {
                   "sent_at": TS, "created_at": TS},
     "suppressions": {"id": 6, "kind": "complaint", "address": "x@y.example", "domain": None, "code": "550 5.1.1",
                      "reason": None, "tags": [], "created_at": TS},
+    "users": {"id": 7, "email": "ops@acme.example", "full_name": None, "role": "owner", "created_at": TS,
+              "last_login_at": None},
+    "api_keys": {"id": 8, "name": "CI — déploiement", "key_prefix": "ak_live_1a2b", "scopes": ["send", "read"],
+                 "created_at": TS, "last_used_at": TS, "revoked_at": None},
+    "webhooks": {"id": 9, "event": "bounced", "url": "https://例子.example/回调", "created_at": TS},
+    "messages": {"id": 10, "campaign_id": 5, "campaign_name": "Launch", "contact_id": None, "contact_email": None,
+                 "recipient": "Jane@Example.COM", "from_address": "Acme <a@acme.example>", "subject": "Hi",
+                 "message_id": "<0f3a.10@mail.example.com>", "tags": [], "status": "delivered", "size_bytes": 5120,
+                 "sent_at": TS, "html": None, "text_body": None},
+    "events": {"id": 11, "message_id": 10, "internet_message_id": "<0f3a.10@mail.example.com>", "campaign_id": None,
+               "campaign_name": None, "kind": "clicked", "recipient": "Jane@Example.COM",
+               "url": "https://example.com/a,b?q=%22x%22", "user_agent": "", "ip": "2001:db8::1", "reason": None,
+               "occurred_at": TS},
+    "campaign_stats": {"campaign_id": 5, "campaign_name": "Launch", "messages": 3, "delivered": 2, "opened": 5,
+                       "clicked": 1, "bounced": 1, "complained": 0, "unsubscribed": 0, "failed": 0,
+                       "unique_openers": 2, "unique_clickers": 1},
 }
 # (category, field, bad value): each must be refused.
 BAD = [
@@ -59,6 +76,16 @@ BAD = [
     ("template_versions", "active", None),
     ("campaigns", "tags", [1]),
     ("suppressions", "kind", "spam"),
+    ("users", "role", ""),
+    ("api_keys", "scopes", None),
+    ("webhooks", "url", ""),
+    ("messages", "status", "opened"),
+    ("messages", "message_id", None),
+    ("messages", "size_bytes", -1),
+    ("events", "kind", "sent"),
+    ("events", "internet_message_id", None),
+    ("campaign_stats", "opened", None),
+    ("campaign_stats", "unique_openers", -1),
 ]
 
 
@@ -107,6 +134,13 @@ def test_bundled_schema_in_the_archive_stands_alone(schemas, category):
     validator = Draft202012Validator(bundled)
     assert validator.is_valid(GOOD[category])
     assert not validator.is_valid({**GOOD[category], "unexpected": 1})
+
+
+def test_no_record_has_a_secret_column(schemas):
+    """SPEC §2: the bold columns are never exported; a record schema without them keeps them out of every file."""
+    secrets = {column for columns in SECRET_COLUMNS.values() for column in columns}
+    for category in schemas.categories:
+        assert not secrets & set(schemas.record(category)["properties"]), category
 
 
 def test_columns_follow_the_schema(schemas):

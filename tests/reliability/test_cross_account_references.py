@@ -7,22 +7,37 @@ from __future__ import annotations
 import json
 import uuid
 import zipfile
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.helpers.archive_checks import check_counts_and_isolation, check_standard_tools, jsonl, record_key, unpack
+from tests.helpers.mail import insert_event, insert_message, new_ids, recount_campaign_stats
 
 pytestmark = pytest.mark.reliability
 
 A, B = "xref-00001", "xref-00002"
 # B's values that a cross-account join would pull into A's archive; renamed so that any trace is found.
 MARKERS = {"contact": "xref-b-only-contact@b-marker.example", "list_name": "XREF B-ONLY LIST",
-           "list_address": "xref-b-only-list@b-marker.example", "template": "XREF B-ONLY TEMPLATE"}
+           "list_address": "xref-b-only-list@b-marker.example", "template": "XREF B-ONLY TEMPLATE",
+           "campaign": "XREF B-ONLY CAMPAIGN", "message_id": "<xref-b-only-message@b-marker.example>",
+           "recipient": "xref-b-only-recipient@b-marker.example"}
 NOWHERE = 9_100_000_000_001  # an id no table holds
 NOT_OURS = "{what} {id} is not a {what} of this account (it belongs to another account or does not exist)"
 TABLES = {"list_members": "list_members", "template_versions": "template_versions", "campaigns": "campaigns",
-          "lists": "lists", "contacts": "contacts", "templates": "templates"}
-CATEGORIES = ["account", "lists", "contacts", "list_members", "templates", "template_versions", "campaigns"]
+          "lists": "lists", "contacts": "contacts", "templates": "templates", "messages": "messages",
+          "events": "events", "campaign_stats": "campaigns"}
+CATEGORIES = ["account", "lists", "contacts", "list_members", "templates", "template_versions", "campaigns",
+              "messages", "events", "campaign_stats"]
+# The categories with rows planted to point outside the account, and each reference's joined columns.
+JOINED = {
+    "list_members": {"contact_id": ["email"], "list_id": ["list_name", "list_address"]},
+    "template_versions": {"template_id": ["template_name"]},
+    "campaigns": {"list_id": ["list_name", "list_address"], "template_id": ["template_name"]},
+    "messages": {"campaign_id": ["campaign_name"], "contact_id": ["contact_email"]},
+    "events": {"message_id": ["internet_message_id"], "campaign_id": ["campaign_name"]},
+}
+SENT = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def _first(db, table: str, account: str) -> int:
@@ -49,6 +64,21 @@ def planted(store_env):
         db.execute("UPDATE lists SET name = %s, address = %s WHERE id = %s",
                    (MARKERS["list_name"], MARKERS["list_address"], b_list))
         db.execute("UPDATE templates SET name = %s WHERE id = %s", (MARKERS["template"], b_template))
+        a_campaign, b_campaign = _first(db, "campaigns", A), _first(db, "campaigns", B)
+        db.execute("UPDATE campaigns SET name = %s WHERE id = %s", (MARKERS["campaign"], b_campaign))
+        a_email = db.execute("SELECT email FROM contacts WHERE id = %s", (a_contact,)).fetchone()[0]
+        # Messages and events: B's own message, and A's rows pointing at it, at B's campaign and contact.
+        m = new_ids(db, "messages", 6)
+        b_message = insert_message(db, m[0], B, MARKERS["recipient"], SENT, campaign_id=b_campaign,
+                                   message_id=MARKERS["message_id"], subject=MARKERS["campaign"])
+        ok_message = insert_message(db, m[1], A, a_email, SENT, campaign_id=a_campaign, contact_id=a_contact)
+        to_b_campaign = insert_message(db, m[2], A, a_email, SENT, campaign_id=b_campaign, contact_id=a_contact)
+        to_b_contact = insert_message(db, m[3], A, "someone@a.example", SENT, contact_id=b_contact)
+        e = new_ids(db, "events", 6)
+        insert_event(db, e[0], B, b_message, "opened", MARKERS["recipient"], SENT)
+        ok_event = insert_event(db, e[1], A, ok_message, "opened", a_email, SENT)
+        of_b_message = insert_event(db, e[2], A, b_message, "clicked", a_email, SENT, url="https://a.example/")
+        of_b_campaign = insert_event(db, e[3], A, to_b_campaign, "delivered", a_email, SENT)
         new_id = db.execute("SELECT max(id) + 1000 FROM (SELECT max(id) AS id FROM template_versions UNION ALL "
                             "SELECT max(id) FROM campaigns) ids").fetchone()[0]
         member = "INSERT INTO list_members (list_id, contact_id, account_id, subscribed) VALUES (%s, %s, %s, true)"
@@ -68,6 +98,8 @@ def planted(store_env):
         db.execute(member, (a_list, NOWHERE, A))
         db.execute(version, (new_id + 5, NOWHERE, A))
         db.execute(campaign, (new_id + 6, A, NOWHERE, a_template))
+        to_nowhere = insert_message(db, m[4], A, "someone@a.example", SENT, campaign_id=NOWHERE)
+        of_no_message = insert_event(db, e[4], A, NOWHERE, "opened", a_email, SENT)
         db.execute("SET session_replication_role = DEFAULT")
         db.commit()
 
@@ -90,7 +122,19 @@ def planted(store_env):
             (new_id + 3,): [reason("list_id", "list", b_list), reason("template_id", "template", b_template)],
             (new_id + 6,): [reason("list_id", "list", NOWHERE)],
         },
-        "valid": {"campaigns": (new_id + 4,)},
+        "messages": {
+            (to_b_campaign,): [reason("campaign_id", "campaign", b_campaign)],
+            (to_b_contact,): [reason("contact_id", "contact", b_contact)],
+            (to_nowhere,): [reason("campaign_id", "campaign", NOWHERE)],
+        },
+        "events": {
+            # Nothing of B's message (its Message-ID, its campaign): the join within the account found none.
+            (of_b_message,): [reason("message_id", "message", b_message)],
+            (of_no_message,): [reason("message_id", "message", NOWHERE)],
+            # A's own message, which names B's campaign.
+            (of_b_campaign,): [reason("campaign_id", "campaign", b_campaign)],
+        },
+        "valid": {"campaigns": (new_id + 4,), "messages": (ok_message,), "events": (ok_event,)},
     }
 
 
@@ -104,7 +148,7 @@ def _check(root, archive, planted: dict, db) -> None:
     for category, table in TABLES.items():
         owned = db.execute(f"SELECT count(*) FROM {table} WHERE account_id = %s", (A,)).fetchone()[0]
         assert manifest["contents"][category]["source_count"] == owned, category
-    for category in ("list_members", "template_versions", "campaigns"):
+    for category in JOINED:
         entry = manifest["contents"][category]
         errors = {record_key(category, e["record"]): e for e in jsonl(root / entry["errors"]["path"])}
         assert entry["quarantined"] == len(errors) == len(planted[category]), category
@@ -113,12 +157,20 @@ def _check(root, archive, planted: dict, db) -> None:
             record = errors[key]["record"]
             # Nothing of the other row: the join within the account gave nulls.
             for reason in reasons:
-                joined = {"contact_id": ["email"], "list_id": ["list_name", "list_address"],
-                          "template_id": ["template_name"]}[reason["path"][1:]]
+                joined = JOINED[category][reason["path"][1:]]
                 assert all(record[column] is None for column in joined), (category, key, record)
         exported = {record_key(category, r) for r in jsonl(root / "data" / f"{category}.jsonl")}
         assert not exported & set(planted[category])
-    assert planted["valid"]["campaigns"] in {record_key("campaigns", r) for r in jsonl(root / "data/campaigns.jsonl")}
+    for category, key in planted["valid"].items():
+        assert key in {record_key(category, r) for r in jsonl(root / f"data/{category}.jsonl")}, category
+    # Campaign statistics count A's own messages and events only: neither the event of B's message nor the
+    # messages naming B's campaign, which the recount of A's exported records leaves out too.
+    campaigns = {r["id"]: r["name"] for r in jsonl(root / "data/campaigns.jsonl")}
+    campaigns |= {e["record"]["id"]: e["record"]["name"]
+                  for e in jsonl(root / manifest["contents"]["campaigns"]["errors"]["path"])}
+    stats = {r["campaign_id"]: r for r in jsonl(root / "data/campaign_stats.jsonl")}
+    assert stats == recount_campaign_stats(campaigns, jsonl(root / "data/messages.jsonl"),
+                                           jsonl(root / "data/events.jsonl"))
     # No value of account B anywhere: not in a data file, an errors file, the manifest or the README.
     with zipfile.ZipFile(archive) as zipped:
         for name in zipped.namelist():
@@ -144,7 +196,7 @@ def test_rows_pointing_at_another_accounts_rows_are_quarantined_with_the_reason_
     root, archive = _archive(store, summary, tmp_path)
     _check(root, archive, planted, db)
     check_standard_tools(root)
-    for category in ("list_members", "template_versions", "campaigns"):
+    for category in JOINED:
         assert summary.counts[category]["quarantined"] == len(planted[category])
 
 

@@ -136,3 +136,22 @@ def test_an_invalid_record_that_fails_the_run_is_named_by_id_not_by_its_values(s
                           str(uuid.uuid4()))
     assert "/email" in str(failure.value) and "id " in str(failure.value)
     assert_clean(failure_text(failure.value, debug_logs), BAD_CONTACT_EMAIL)
+
+
+def test_the_categories_beside_secret_columns_export_none_of_them(seeded, db, store, tmp_path):
+    """Users, API keys, webhooks and domains are exported (SPEC §3) without their secret columns (SPEC §2), whose
+    planted values appear in no file of any format."""
+    from portability.pipeline import export
+    from tests.helpers.archive_checks import SECRET_COLUMNS, check_no_secrets, jsonl, unpack
+
+    categories = ["domains", "users", "api_keys", "webhooks"]
+    summary = export.run_export({"account_id": ACCOUNT, "categories": categories,
+                                 "formats": ["csv", "jsonl", "parquet"]}, str(uuid.uuid4()))
+    (tmp_path / "archive.zip").write_bytes(store.read_bytes(summary.bucket, summary.key))
+    root = unpack(tmp_path / "archive.zip", tmp_path)
+    for category in categories:
+        owned = db.execute(f"SELECT count(*) FROM {category} WHERE account_id = %s", (ACCOUNT,)).fetchone()[0]
+        assert summary.counts[category] == {"source_count": owned, "exported": owned, "quarantined": 0}, category
+        assert owned and all(not set(SECRET_COLUMNS[category]) & set(record)
+                             for record in jsonl(root / f"data/{category}.jsonl")), category
+    assert check_no_secrets(root, db) >= 3 * 7  # every account's planted secrets were looked for

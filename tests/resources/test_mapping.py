@@ -38,9 +38,49 @@ def test_every_join_of_the_reference_mapping_is_a_declared_left_join_within_the_
     assert declared["template_versions"] == {("template_id", "template", ("template_name",))}
     assert declared["campaigns"] == {("list_id", "list", ("list_name", "list_address")),
                                      ("template_id", "template", ("template_name",))}
+    assert declared["messages"] == {("campaign_id", "campaign", ("campaign_name",)),
+                                    ("contact_id", "contact", ("contact_email",))}
+    assert declared["events"] == {("message_id", "message", ("internet_message_id",)),
+                                  ("campaign_id", "campaign", ("campaign_name",))}
     for category, entry in REFERENCE.items():
-        query = " ".join(entry.query.split()).upper()
-        assert query.count(" JOIN ") == query.count(" LEFT JOIN ") == len(entry.references), category
+        for query in filter(None, (entry.query, entry.subject_query)):
+            query = " ".join(query.split()).upper()
+            if category == "campaign_stats":
+                # Its joins are to per-campaign totals of the account's own messages and events (one row at
+                # most per campaign, zero without): they neither drop nor repeat a campaign, and name no row.
+                assert query.count(" LEFT JOIN (") == 2 and not entry.references
+                continue
+            assert query.count(" JOIN ") == query.count(" LEFT JOIN ") == len(entry.references), category
+
+
+# SPEC §3: one data subject's archive holds their contacts, memberships, suppressions, messages and events.
+SUBJECT_CATEGORIES = {"contacts", "list_members", "suppressions", "messages", "events"}
+
+
+def test_the_reference_mapping_narrows_exactly_the_subjects_categories_to_one_address():
+    assert {category for category, entry in REFERENCE.items() if entry.subject_query} == SUBJECT_CATEGORIES
+    for category in SUBJECT_CATEGORIES:
+        entry = REFERENCE[category]
+        for query in (entry.subject_query, entry.subject_count):
+            # Matched case-insensitively, the way the expression indexes of source_schema.sql are built.
+            assert "lower(%(subject_email)s)" in query and "%(account_id)s" in query, category
+            assert query.count("%(subject_email)s") == query.count("lower(%(subject_email)s)"), category
+        # The same record as the account-wide query: its columns and joins, narrowed by its WHERE clause.
+        select = entry.query.split("WHERE")[0]
+        assert entry.subject_query.split("WHERE")[0] == select, category
+        assert "count(*)" in entry.subject_count, category
+
+
+def test_messages_and_events_are_bounded_by_since_and_until_and_nothing_else_is():
+    for category, entry in REFERENCE.items():
+        bounded = {"%(since)s::timestamptz", "%(until)s::timestamptz"}
+        for query in filter(None, (entry.query, entry.count, entry.subject_query, entry.subject_count)):
+            uses = {name for name in bounded if name in query}
+            windowed = category in ("messages", "events") or (category == "campaign_stats" and query != entry.count)
+            assert uses == (bounded if windowed else set()), category  # campaign_stats: one row per campaign
+            # An uncast parameter would reach PostgreSQL as text (or unknown, when NULL).
+            assert query.count("%(since)s") == query.count("%(since)s::timestamptz"), category
+            assert query.count("%(until)s") == query.count("%(until)s::timestamptz"), category
 
 
 @pytest.mark.parametrize(("body", "named"), [

@@ -48,7 +48,7 @@ def nested(depth: int):
         ({"account_id": "a" * 65}, "field 'account_id'"),
         ({"account_id": "../../etc"}, "field 'account_id'"),
         ({"account_id": 7}, "field 'account_id'"),
-        ({"account_id": "a", "categories": ["users"]}, "field 'categories[0]'"),
+        ({"account_id": "a", "categories": ["passwords"]}, "field 'categories[0]'"),
         ({"account_id": "a", "categories": []}, "field 'categories'"),
         ({"account_id": "a", "categories": ["lists", "lists"]}, "field 'categories'"),
         ({"account_id": "a", "formats": ["xlsx"]}, "field 'formats[0]'"),
