@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.archive_checks import record_key
@@ -74,9 +74,9 @@ def collisions(draw, base: str):
     subject = case_variant(base, draw(flips))
     same = [case_variant(base, draw(flips)) for _ in range(draw(st.integers(0, 3)))]
     in_a = [(address, draw(ROWS)) for address in same + others(base)]
-    # The same address (as the subject and in other cases) and some neighbours in another account too.
+    # The subject's very address in another account too, with some of its case variants and neighbours.
     in_b = [(address, draw(ROWS)) for address in
-            draw(st.lists(st.sampled_from([subject, *same, *others(base)]), max_size=4, unique=True))]
+            [subject, *draw(st.lists(st.sampled_from([*same, *others(base)]), max_size=3, unique=True))]]
     return {"subject": subject, "a": in_a, "b": in_b, "region_b": draw(st.sampled_from(["us", "eu"]))}
 
 
@@ -93,8 +93,10 @@ def source_tables(source_dsn):
 
 
 @pytest.mark.parametrize("base", BASES)
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow, HealthCheck.data_too_large])
+# No shrinking: each step would be another real export (minutes); the failing example is reported as drawn.
+@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
 @given(data=st.data())
 def test_a_subjects_export_holds_exactly_the_rows_of_their_address_in_that_account(source_tables, db, store,
                                                                                   tmp_path_factory, base, data):
