@@ -320,3 +320,20 @@ def test_a_subjects_export_and_a_whole_accounts_never_join_each_other(planted, d
     owned = db.execute("SELECT count(*) FROM contacts WHERE account_id = %s", (A,)).fetchone()[0]
     wanted = len(planted["expected"]["contacts"]) if "subject_email" in asked else owned
     assert counts["contacts"]["exported"] == wanted
+
+
+@pytest.mark.parametrize("narrowing", [["--subject", "zelda.private@example.com"],
+                                       ["--since", "2025-01-01T00:00:00Z"]])
+def test_a_schedule_is_never_narrowed_to_one_subject_or_a_time_window(planted, narrowing):
+    """A schedule keeps the account's options only: taking --subject would export the whole account every time."""
+    from portability.resources import ledger
+
+    result = portability_cli("schedule", "--account", A, "--every-days", "30", *narrowing, check=False)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    field = "subject_email" if narrowing[0] == "--subject" else "since"
+    assert f"field '{field}'" in lines[0], lines[0]
+    assert "zelda" not in result.stderr.lower()
+    with ledger.connect() as conn:
+        assert conn.execute("SELECT 1 FROM export_schedules WHERE account_id = %s", (A,)).fetchone() is None
