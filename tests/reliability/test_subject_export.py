@@ -22,6 +22,7 @@ from tests.helpers.subjects import (
     expected_keys,
     find_address,
     object_keys,
+    plain_account,
     plant,
     same_address,
     zip_names,
@@ -337,3 +338,31 @@ def test_a_schedule_is_never_narrowed_to_one_subject_or_a_time_window(planted, n
     assert "zelda" not in result.stderr.lower()
     with ledger.connect() as conn:
         assert conn.execute("SELECT 1 FROM export_schedules WHERE account_id = %s", (A,)).fetchone() is None
+
+
+def test_a_subjects_export_bounded_in_time_holds_her_messages_and_events_of_that_window(planted, db, store,
+                                                                                      tmp_path):
+    """--since/--until bound messages (by sent_at) and events (by occurred_at); the rest of her data is whole."""
+    from datetime import UTC, datetime
+
+    account = "subjtime-00001"
+    made = plain_account(db, account)
+    address = "timed.subject@example.com"
+    plant(db, account, address, lists=made["lists"], campaign=made["campaign"], messages=3, events_per_message=1)
+    instants = [datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)]
+    ids = [r[0] for r in db.execute("SELECT id FROM messages WHERE account_id = %s ORDER BY id", (account,))]
+    for message_id, instant in zip(ids, instants, strict=True):
+        db.execute("UPDATE messages SET sent_at = %s WHERE id = %s", (instant, message_id))
+        db.execute("UPDATE events SET occurred_at = %s WHERE message_id = %s", (instant, message_id))
+    db.commit()
+    result = export("--account", account, "--subject", address, "--since", "2025-03-01T00:00:00+01:00",
+                    "--until", "2025-12-31T00:00:00Z", "--formats", "jsonl", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    _, root = archive_file(store, summary["bucket"], summary["key"], tmp_path)
+    expected = expected_keys(db, account, same_address(address))
+    expected["messages"] = {(ids[1],)}
+    expected["events"] = {tuple(r) for r in db.execute("SELECT id FROM events WHERE message_id = %s", (ids[1],))}
+    manifest = check_subject_archive(root, account, address, expected)
+    assert (manifest["since"], manifest["until"]) == ("2025-02-28T23:00:00.000000Z", "2025-12-31T00:00:00.000000Z")
+    assert "2025-02-28T23:00:00.000000Z" in (root / "README.md").read_text(encoding="utf-8")
