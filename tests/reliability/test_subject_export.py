@@ -366,3 +366,14 @@ def test_a_subjects_export_bounded_in_time_holds_her_messages_and_events_of_that
     manifest = check_subject_archive(root, account, address, expected)
     assert (manifest["since"], manifest["until"]) == ("2025-02-28T23:00:00.000000Z", "2025-12-31T00:00:00.000000Z")
     assert "2025-02-28T23:00:00.000000Z" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_dag_refuses_a_category_that_cannot_be_narrowed_before_any_read(planted, run_dag, airflow_db):
+    run = run_dag({"account_id": A, "subject_email": SUBJECT, "categories": ["contacts", "domains"]})
+    assert run["state"] == "failed", run["output"][-3000:]
+    assert run["tasks"]["validate_request"] == "failed", run["tasks"]
+    assert run["tasks"]["export_account"] in ("upstream_failed", None), run["tasks"]
+    assert "invalid export request: field 'categories': domains cannot be narrowed" in run["output"]
+    assert find_address(run["output"], SUBJECT) is None, find_address(run["output"], SUBJECT)
+    for task, key, value in _xcom_values(airflow_db, run["run_id"]):
+        assert find_address(value, SUBJECT) is None, (task, key)
