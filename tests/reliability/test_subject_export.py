@@ -377,3 +377,33 @@ def test_the_dag_refuses_a_category_that_cannot_be_narrowed_before_any_read(plan
     assert find_address(run["output"], SUBJECT) is None, find_address(run["output"], SUBJECT)
     for task, key, value in _xcom_values(airflow_db, run["run_id"]):
         assert find_address(value, SUBJECT) is None, (task, key)
+
+
+def test_a_subjects_message_pointing_at_another_accounts_campaign_is_quarantined_and_counted(planted, db, store,
+                                                                                            tmp_path):
+    """Nothing of hers dropped without a count (SPEC §6): a message of the account sent to her that names another
+    account's campaign (or contact) is quarantined with the reason, not exported, not lost."""
+    account, other = "subjxref-00001", "subjxref-00002"
+    made, theirs = plain_account(db, account), plain_account(db, other)
+    address = "quarantined.subject@example.com"
+    plant(db, account, address, lists=made["lists"], campaign=made["campaign"], messages=1, events_per_message=1)
+    plant(db, account, address, lists=[], campaign=theirs["campaign"], contacts=0, suppressions=0, messages=1,
+          events_per_message=1)
+    db.commit()
+    crossed = db.execute("SELECT id FROM messages WHERE account_id = %s AND campaign_id = %s",
+                         (account, theirs["campaign"])).fetchone()[0]
+    result = export("--account", account, "--subject", address, "--formats", "jsonl", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    _, root = archive_file(store, summary["bucket"], summary["key"], tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    entry = manifest["contents"]["messages"]
+    assert (entry["source_count"], entry["exported"], entry["quarantined"]) == (2, 1, 1), entry
+    from tests.helpers.archive_checks import jsonl
+
+    [error] = jsonl(root / entry["errors"]["path"])
+    assert error["record"]["id"] == crossed and error["errors"][0]["path"] == "/campaign_id", error
+    assert error["record"]["campaign_name"] is None  # nothing of the other account's campaign
+    assert [r["id"] for r in archived_records(root, "messages")] != [crossed]
+    events = manifest["contents"]["events"]
+    assert events["exported"] + events["quarantined"] == events["source_count"] == 2, events
