@@ -629,7 +629,7 @@ def _text_body(h: int) -> str:
 def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
                       list_ids: Sequence[int], template_ids: Sequence[int],
                       domain_names: list[str]) -> list[tuple]:
-    """Insert the campaigns; return (id, from_address, subject, tags) of the sent ones."""
+    """Insert the campaigns; return (id, from_address, subject, tags, sent_at) of the sent ones."""
     s = options.seed
     rows = []
     for k, row_id in enumerate(ids.take("campaigns", options.campaigns)):
@@ -656,7 +656,7 @@ def _insert_campaigns(cur, ids: _IdAllocator, acct: _Account, options: SeedOptio
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s)",
         rows,
     )
-    return [(row[0], row[4], row[3], row[8]) for row in rows if row[7] == "sent"]
+    return [(row[0], row[4], row[3], row[8], row[10]) for row in rows if row[7] == "sent"]
 
 
 def _insert_suppressions(cur, ids: _IdAllocator, acct: _Account, options: SeedOptions,
@@ -918,7 +918,7 @@ CLICK_URLS = (
     "https://example.com/search?q=emoji+🎉&lang=ja",
     "https://example.net/it's \"quoted\"/and spaced",
     "https://пример.example/новости?id=7",
-    "mailto:support@example.com?subject=Hello%20there",
+    "https://track.example.com/r?to=https%3A%2F%2Fexample.org%2F%3Fa%3D1%26b%3D2&sig=a+b/c==",
 )
 USER_AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
@@ -959,6 +959,10 @@ _EVENT_CHUNK = 1_000_000
 # A campaign message has its campaign's subject; a transactional one its own.
 _MESSAGE_SUBJECT = """CASE WHEN camp.id IS NOT NULL THEN camp.subject
             ELSE (%(subjects)s::text[])[1 + mod(x.h >> 40, cardinality(%(subjects)s::text[]))] END"""
+
+# The campaign of a message (an ordinal into the sent ones), NULL for transactional mail.
+_MESSAGE_CAMPAIGN = """CASE WHEN %(n_camp)s > 0 AND mod(a.h >> 48, 5) <> 0
+                    THEN 1 + mod(a.h >> 51, greatest(%(n_camp)s, 1)) END"""
 
 # One row per message ordinal j (1..contacts * messages_per_contact).  h picks the recipient,
 # the campaign and the sender, k the status, time and size.  Most messages go to a contact of
@@ -1013,15 +1017,17 @@ FROM (
         SELECT a.j, a.h, a.k, a.c,
                hashint8extended(a.c, %(email_salt)s) & {_MAX_BIGINT} AS e,
                mod(a.h >> 44, 10) <> 0 AS to_contact,
-               CASE WHEN %(n_camp)s > 0 AND mod(a.h >> 48, 5) <> 0
-                    THEN 1 + mod(a.h >> 51, greatest(%(n_camp)s, 1)) END AS camp,
+               {_MESSAGE_CAMPAIGN} AS camp,
                CASE WHEN mod(a.k, 1000) < 10 THEN 'queued'
                     WHEN mod(a.k, 1000) < 35 THEN 'sent'
                     WHEN mod(a.k, 1000) < 55 THEN 'bounced'
                     WHEN mod(a.k, 1000) < 65 THEN 'failed'
                     ELSE 'delivered' END AS status,
+               -- a campaign's messages go out after the campaign was sent
                CASE WHEN mod(a.k, 1000) >= 10 THEN %(now)s::timestamptz
-                    - interval '1 microsecond' * mod(a.k >> 10, {EVENT_RETENTION_DAYS} * {_MICROS_PER_DAY}::bigint)
+                    - interval '1 microsecond' * mod(a.k >> 10, coalesce(
+                        (%(camp_span)s::bigint[])[{_MESSAGE_CAMPAIGN}],
+                        {EVENT_RETENTION_DAYS} * {_MICROS_PER_DAY}::bigint))
                END AS sent_at
         FROM (
             SELECT j, hashint8extended(j, %(row_salt)s) & {_MAX_BIGINT} AS h,
@@ -1048,7 +1054,7 @@ JOIN tagsets ON tagsets.ord = coalesce(1 + camp.tagset, 1 + mod(x.h >> 56, jsonb
 _EVENTS_SQL = f"""
 WITH m AS MATERIALIZED (
     SELECT id, status, recipient, sent_at,
-           hashint8extended(id - %(mid0)s, %(row_salt)s) & {_MAX_BIGINT} AS x
+           hashint8extended(id - %(mid0)s, %(event_salt)s + 1) & {_MAX_BIGINT} AS x
     FROM messages WHERE id BETWEEN %(mlo)s AND %(mhi)s
 ), reports AS MATERIALIZED (
     SELECT m.*, row_number() OVER (ORDER BY id) AS rn FROM m WHERE status IN ('delivered', 'bounced', 'failed')
@@ -1091,16 +1097,20 @@ SELECT %(eid0)s + r.ord,
        CASE WHEN r.kind = 'bounced' THEN (%(bounces)s::text[])[1 + mod(r.y >> 44, cardinality(%(bounces)s::text[]))]
             WHEN r.kind = 'failed' THEN (%(failures)s::text[])[1 + mod(r.y >> 44, cardinality(%(failures)s::text[]))]
        END,
-       -- reports follow within minutes; engagement within 30 days, but never after "now"
-       coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') + interval '1 microsecond' * (1 +
-           CASE WHEN r.kind IN ('delivered', 'bounced', 'failed') THEN mod(r.y >> 48, 600000000)
-                ELSE mod(r.y >> 48, greatest(1, least(30 * {_MICROS_PER_DAY}::bigint,
-                     (extract(epoch FROM %(now)s::timestamptz - coalesce(r.sent_at, %(now)s::timestamptz
-                                                                          - interval '1 hour'))
-                      * 1000000)::bigint - 1)))
-           END)
-FROM r
+       -- reports follow within minutes, engagement within 30 days; neither after "now"
+       r.at + interval '1 microsecond' * (1 + mod(
+           hashint8extended(r.y, %(event_salt)s + 2) & {_MAX_BIGINT},
+           greatest(1, least(CASE WHEN r.kind IN ('delivered', 'bounced', 'failed') THEN 600000000
+                                  ELSE 30 * {_MICROS_PER_DAY}::bigint END,
+                             (extract(epoch FROM %(now)s::timestamptz - r.at) * 1000000)::bigint - 1))))
+FROM (SELECT r.*, coalesce(r.sent_at, %(now)s::timestamptz - interval '1 hour') AS at FROM r) AS r
 """
+
+
+def _campaign_span(sent_at: datetime) -> int:
+    # At least a day even for a campaign sent after SEED_NOW (accounts created late).
+    span = (SEED_NOW - sent_at) // timedelta(microseconds=1)
+    return max(_MICROS_PER_DAY, min(span, EVENT_RETENTION_DAYS * _MICROS_PER_DAY))
 
 
 def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[int], sent_campaigns: list[tuple],
@@ -1112,12 +1122,9 @@ def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[in
     if not n_messages:
         return
     s = options.seed
-    common = {
-        "account": acct.id,
-        "now": SEED_NOW,
-        "row_salt": _salt(s, "message", acct.n),
-    }
+    common = {"account": acct.id, "now": SEED_NOW}
     message_params = common | {
+        "row_salt": _salt(s, "message", acct.n),
         "id0": message_ids[0] - 1,
         "contact0": contact_ids[0] - 1,
         "n_contacts": len(contact_ids),
@@ -1127,6 +1134,8 @@ def _insert_messages_and_events(cur, ids: _IdAllocator, contact_ids: Sequence[in
         "camp_subject": [c[2] for c in sent_campaigns],
         "camp_tags": [TAG_SETS.index(tuple(c[3])) for c in sent_campaigns],
         "n_camp": len(sent_campaigns),
+        # Microseconds from each campaign's sending to SEED_NOW, within the events' 13 months.
+        "camp_span": [_campaign_span(c[4]) for c in sent_campaigns],
         "tagsets": Jsonb([list(t) for t in TAG_SETS]),
         "senders": [f"{local}@{domain}" for domain in (domain_names or ["example.com"])
                     for local in TRANSACTIONAL_SENDERS],

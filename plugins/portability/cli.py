@@ -299,7 +299,9 @@ def _add_seed_options(parser: argparse.ArgumentParser) -> None:
 
     helps = {"accounts": "accounts to create", "prefix": "account ids are PREFIX-00001, ...",
              "seed": "another number gives other (still deterministic) data",
-             "large_html_bytes": "size of the largest template HTML of each account"}
+             "large_html_bytes": "size of the largest template HTML of each account",
+             "messages_per_contact": "each account gets exactly contacts x this many messages",
+             "events_per_contact": "each account gets exactly contacts x this many events"}
     for f in dataclasses.fields(SeedOptions):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                             help=helps.get(f.name, f"{f.name.replace('_', ' ')} per account"))

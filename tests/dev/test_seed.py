@@ -293,6 +293,8 @@ def test_messages_shapes(conn):
         " FROM messages m LEFT JOIN campaigns c ON c.id = m.campaign_id"
     ).fetchone()
     assert 0 < transactional < from_campaigns and bad_campaign == 0
+    assert one("SELECT count(*) FROM messages m JOIN campaigns c ON c.id = m.campaign_id"
+               " WHERE m.sent_at < c.sent_at").fetchone() == (0,)
     # Recipients: a contact's address, in whatever case it was sent to, or no contact at all.
     to_others, other_case, mismatched = one(
         "SELECT count(*) FILTER (WHERE m.contact_id IS NULL), count(*) FILTER (WHERE m.recipient <> c.email),"
@@ -331,6 +333,12 @@ def test_events_shapes(conn):
         " count(*) FILTER (WHERE kind = 'clicked') AS clicks, count(*) AS n FROM events GROUP BY message_id) s"
     ).fetchone()
     assert most_opens >= 3 and most_clicks >= 3 and most >= 4 * fewest
+    # Reports follow within minutes, engagement within days.
+    report_delay, engagement_delay = one(
+        "SELECT max(e.occurred_at - m.sent_at) FILTER (WHERE e.kind IN ('delivered', 'bounced', 'failed')),"
+        " max(e.occurred_at - m.sent_at) FILTER (WHERE e.kind IN ('opened', 'clicked'))"
+        " FROM events e JOIN messages m ON m.id = e.message_id").fetchone()
+    assert timedelta(minutes=1) < report_delay <= timedelta(minutes=10) < timedelta(days=7) < engagement_delay
     # Column shapes by kind.
     assert one("SELECT count(*) FROM events WHERE (url IS NOT NULL) <> (kind = 'clicked')"
                " OR (reason IS NOT NULL) <> (kind IN ('bounced', 'failed'))"
@@ -339,3 +347,12 @@ def test_events_shapes(conn):
                    " WHERE ip IS NOT NULL").fetchone()[0]
     assert families == [4, 6]
     assert one("SELECT count(*) FROM events WHERE url ~ '[^\\x01-\\x7f]' AND url LIKE '%%?%%'").fetchone()[0] > 0
+
+
+def test_without_campaigns_or_domains_all_mail_is_transactional(fresh_conn):
+    options = seeder.SeedOptions(accounts=1, contacts=20, campaigns=0, domains=0, lists=0, large_html_bytes=0)
+    [account] = seeder.seed(fresh_conn, options)
+    assert fresh_conn.execute(
+        "SELECT count(*), count(campaign_id), bool_and(from_address LIKE '%%@example.com'),"
+        " (SELECT count(*) FROM events) FROM messages WHERE account_id = %s", (account,)
+    ).fetchone() == (40, 0, True, 200)
