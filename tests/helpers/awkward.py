@@ -197,7 +197,49 @@ def insert(conn) -> dict[str, int]:
             (suppression_id, ACCOUNT, ("bounce", "unsubscribe", "complaint", "allowlist")[k % 4],
              f"gone{k}@exämple.test", None if k % 2 else f"d{k % n}.例え.テスト", next(texts), next(texts),
              [next(texts), next(texts)], next(times)))
+    for k, user_id in enumerate(ids("users", n)):
+        conn.execute(
+            "INSERT INTO users (id, account_id, email, full_name, role, password_hash, mfa_secret, created_at, "
+            "last_login_at) VALUES (%s, %s, %s, %s, %s, 'PLANTEDSECRET-awkward-password', %s, %s, %s)",
+            (user_id, ACCOUNT, f"user{k}.ñ{EVERY_PLANE[5:8]}@exämple.test", None if k == 1 else next(texts),
+             named(next(texts)), None if k % 2 else "PLANTEDSECRET-awkward-mfa", next(times),
+             None if k % 3 == 0 else next(times)))
+    for k, key_id in enumerate(ids("api_keys", n)):
+        conn.execute(
+            "INSERT INTO api_keys (id, account_id, name, key_prefix, key_hash, scopes, created_at, last_used_at, "
+            "revoked_at) VALUES (%s, %s, %s, %s, 'PLANTEDSECRET-awkward-apikey', %s, %s, %s, %s)",
+            (key_id, ACCOUNT, named(next(texts)), named(next(texts)), list(AWKWARD_TEXTS[k:k + 3]), next(times),
+             None if k % 2 else next(times), None if k % 3 else next(times)))
+    for k, webhook_id in enumerate(ids("webhooks", n)):
+        conn.execute(
+            "INSERT INTO webhooks (id, account_id, event, url, signing_key, created_at) "
+            "VALUES (%s, %s, %s, %s, 'PLANTEDSECRET-awkward-webhook', %s)",
+            (webhook_id, ACCOUNT, named(next(texts)), f"https://例子.example/{k}?q={named(next(texts))}",
+             next(times)))
+    message_ids = ids("messages", n)
+    for k, message_id in enumerate(message_ids):
+        conn.execute(
+            "INSERT INTO messages (id, account_id, campaign_id, contact_id, recipient, from_address, subject, "
+            "message_id, tags, status, size_bytes, sent_at, html, text_body) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (message_id, ACCOUNT, None if k % 3 == 0 else campaign_ids[k], None if k % 4 == 1 else contact_ids[k],
+             f"To{k}.ñ{EVERY_PLANE[5:8]}@EXÄMPLE.test", next(texts), next(texts),
+             f"<{k}.{named(next(texts))}@exämple.test>", list(AWKWARD_TEXTS[k:k + 2]),
+             ("queued", "sent", "delivered", "bounced", "failed")[k % 5], (None, 0, 2**31 - 1, 1)[k % 4],
+             None if k % 5 == 0 else next(times), None if k == 1 else next(texts), None if k == 2 else next(texts)))
+    kinds = ("delivered", "opened", "clicked", "bounced", "complained", "unsubscribed", "failed")
+    addresses = (None, "192.0.2.1", "2001:db8::ff00:42:8329", "::ffff:198.51.100.7", "0.0.0.0", "255.255.255.255")
+    for k, event_id in enumerate(ids("events", n * 2)):
+        conn.execute(
+            "INSERT INTO events (id, account_id, message_id, kind, recipient, url, user_agent, ip, reason, "
+            "occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::inet, %s, %s)",
+            (event_id, ACCOUNT, message_ids[k % n], kinds[k % len(kinds)],
+             f"to{k % n}.ñ{EVERY_PLANE[5:8]}@exämple.TEST" if k % 2 else f"To{k % n}.ñ{EVERY_PLANE[5:8]}@EXÄMPLE.test",
+             next(texts), None if k % 6 == 0 else next(texts), addresses[k % len(addresses)], next(texts),
+             next(times)))
     conn.commit()
     return {"account": 1, "domains": n, "lists": n, "contacts": 2 * n, "list_members": 2 * n,
-            "templates": n, "template_versions": n, "campaigns": n, "suppressions": 4 * n}
+            "templates": n, "template_versions": n, "campaigns": n, "suppressions": 4 * n,
+            "users": n, "api_keys": n, "webhooks": n, "messages": n, "events": 2 * n,
+            "campaign_stats": n}  # one row per campaign
 

@@ -47,6 +47,30 @@ REFERENCE = {
                  "WHERE g.account_id = %(a)s",
     "suppressions": "SELECT id, kind, address, domain, code, reason, tags, created_at FROM suppressions "
                     "WHERE account_id = %(a)s",
+    "users": "SELECT id, email, full_name, role, created_at, last_login_at FROM users WHERE account_id = %(a)s",
+    "api_keys": "SELECT id, name, key_prefix, scopes, created_at, last_used_at, revoked_at FROM api_keys "
+                "WHERE account_id = %(a)s",
+    "webhooks": "SELECT id, event, url, created_at FROM webhooks WHERE account_id = %(a)s",
+    "messages": "SELECT m.id, m.campaign_id, g.name AS campaign_name, m.contact_id, c.email AS contact_email, "
+                "m.recipient, m.from_address, m.subject, m.message_id, m.tags, m.status, m.size_bytes, m.sent_at, "
+                "m.html, m.text_body FROM messages m LEFT JOIN campaigns g ON g.id = m.campaign_id "
+                "LEFT JOIN contacts c ON c.id = m.contact_id WHERE m.account_id = %(a)s",
+    "events": "SELECT e.id, e.message_id, m.message_id AS internet_message_id, m.campaign_id, "
+              "g.name AS campaign_name, e.kind, e.recipient, e.url, e.user_agent, host(e.ip) AS ip, e.reason, "
+              "e.occurred_at FROM events e, messages m LEFT JOIN campaigns g ON g.id = m.campaign_id "
+              "WHERE e.account_id = %(a)s AND m.id = e.message_id",
+    # Counted one figure at a time, not as the mapping does (totals per campaign, joined once).
+    "campaign_stats": "SELECT g.id AS campaign_id, g.name AS campaign_name, (SELECT count(*) FROM messages m "
+                      "WHERE m.account_id = %(a)s AND m.campaign_id = g.id) AS messages, " + ", ".join(
+                          f"(SELECT count({what}) FROM events e, messages m WHERE e.account_id = %(a)s "
+                          f"AND m.account_id = %(a)s AND m.id = e.message_id AND m.campaign_id = g.id "
+                          f"AND e.kind = '{kind}') AS {name}"
+                          for name, kind, what in (
+                              *((kind, kind, "*") for kind in ("delivered", "opened", "clicked", "bounced",
+                                                               "complained", "unsubscribed", "failed")),
+                              ("unique_openers", "opened", "DISTINCT lower(e.recipient)"),
+                              ("unique_clickers", "clicked", "DISTINCT lower(e.recipient)")))
+                      + " FROM campaigns g WHERE g.account_id = %(a)s",
 }
 
 
@@ -73,6 +97,8 @@ def _key(category: str, record: dict):
         return record["account_id"]
     if category == "list_members":
         return (int(record["list_id"]), int(record["contact_id"]))
+    if category == "campaign_stats":
+        return int(record["campaign_id"])
     return int(record["id"])
 
 
