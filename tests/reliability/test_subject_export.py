@@ -134,6 +134,18 @@ def test_the_address_is_in_no_object_key_and_no_line_of_the_commands_output(subj
         assert find_address(key, SUBJECT) is None, key
 
 
+def test_the_address_is_in_no_log_of_the_servers(subject_export, store_env):
+    """Neither PostgreSQL's log (the address reaches it as a bound setting, never in a statement's text) nor the S3
+    server's."""
+    from pathlib import Path
+
+    logs = [p for p in Path(store_env["AIRFLOW_HOME"]).parent.joinpath("stores").rglob("*.log") if p.is_file()]
+    assert logs, "no server log found: the check would prove nothing"
+    for path in logs:
+        text = path.read_text(errors="replace")
+        assert find_address(text, SUBJECT) is None, (path, find_address(text, SUBJECT))
+
+
 def test_the_same_address_in_another_case_gives_the_same_data(planted, subject_export, tmp_path):
     result = export("--account", A, "--subject", SUBJECT.swapcase(), "--formats", "csv,jsonl,parquet", "--json")
     assert result.returncode == 0, result.stderr[-4000:]
