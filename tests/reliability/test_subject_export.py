@@ -419,3 +419,29 @@ def test_a_subjects_message_pointing_at_another_accounts_campaign_is_quarantined
     assert [r["id"] for r in archived_records(root, "messages")] != [crossed]
     events = manifest["contents"]["events"]
     assert events["exported"] + events["quarantined"] == events["source_count"] == 2, events
+
+
+def test_no_statement_postgresql_runs_carries_the_address(planted, db, store_env):
+    """With every statement logged (their text, not their bound parameters), the subject's export leaves no trace
+    of the address: the queries read it from a setting bound as a parameter (SPEC §3, resources/source.py)."""
+    from pathlib import Path
+
+    log = Path(store_env["AIRFLOW_HOME"]).parent / "stores" / "postgres" / "postgres.log"
+    assert log.is_file()
+    db.autocommit = True
+    db.execute("ALTER SYSTEM SET log_statement = 'all'")
+    db.execute("ALTER SYSTEM SET log_parameter_max_length = 0")  # bound values are the point: left out of the log
+    db.execute("SELECT pg_reload_conf()")
+    start = log.stat().st_size
+    try:
+        result = export("--account", A, "--subject", SUBJECT, "--formats", "csv,parquet", "--json")
+    finally:
+        db.execute("ALTER SYSTEM RESET log_statement")
+        db.execute("ALTER SYSTEM RESET log_parameter_max_length")
+        db.execute("SELECT pg_reload_conf()")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(log, encoding="utf-8", errors="replace") as text:
+        text.seek(start)
+        logged = text.read()
+    assert "current_setting('portability.subject_email')" in logged, logged[-3000:]  # the subject's queries ran
+    assert find_address(logged, SUBJECT) is None, find_address(logged, SUBJECT)
