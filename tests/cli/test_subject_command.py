@@ -15,8 +15,8 @@ NO_AIRFLOW = {"AIRFLOW_CONN_PORTABILITY_AIRFLOW": json.dumps({"conn_type": "http
                                                               "login": "nobody", "password": "not-a-real-password"})}
 
 
-@pytest.mark.parametrize("command", ["export", "request", "schedule"])
-def test_the_commands_that_take_a_request_document_subject_since_and_until(command):
+@pytest.mark.parametrize("command", ["export", "request"])
+def test_export_and_request_document_subject_since_and_until(command):
     usage = portability_cli(command, "--help").stdout
     assert all(option in usage for option in ("--subject EMAIL", "--since INSTANT", "--until INSTANT")), usage
 
