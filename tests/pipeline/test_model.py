@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from portability.archive.deflate import DeflatedPiece
 from portability.pipeline.model import PieceResult, Plan, Shard, ShardResult, Snapshot, Summary
 
@@ -73,3 +76,11 @@ def test_a_whole_account_plan_in_xcom_says_there_is_no_subject():
 def test_the_ledger_keeps_the_subjects_address_in_the_plans_options():
     assert replace(PLAN, subject_email=SUBJECT).options()["subject_email"] == SUBJECT
     assert PLAN.options()["subject_email"] is None
+
+
+@given(address=st.emails(), since=st.none() | st.just("2025-01-01T00:00:00.000000Z"))
+def test_no_address_is_ever_in_a_plans_xcom_value(address, since):
+    plan = replace(PLAN, subject_email=address, since=since)
+    text = json.dumps(plan.to_xcom(), ensure_ascii=False).lower()
+    assert address.lower() not in text and json.dumps(address)[1:-1].lower() not in text
+    assert address not in repr(plan) and address not in str(plan)
