@@ -314,10 +314,11 @@ def test_a_subjects_export_and_a_whole_accounts_never_join_each_other(planted, d
     subject = {**whole, "subject_email": SUBJECT}
     held, asked = {"whole account": (whole, subject), "subject": (subject, whole),
                    "same subject": (subject, subject)}[under_way]
-    with ledger.connect() as conn:  # a live export of `held`: its process holds the lease
+    # A live export of `held`: its process holds the lease (long enough for the command to start under load).
+    with ledger.connect() as conn:
         _, held_id, options = ledger.start_in_process(conn, parse_request(held, SchemaSet()).to_dict(),
                                                       requested_by="test", notify_email=None,
-                                                      lease=timedelta(seconds=8))
+                                                      lease=timedelta(seconds=25))
     assert options is not None
     try:
         result = export("--account", A, "--categories", "contacts,suppressions", "--formats", "jsonl", "--json",
