@@ -396,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Options whose value may begin with '-' (an account id may): argparse would take "-x1" for an option.
-_VALUE_OPTIONS = ("--account", "--prefix", "--requested-by", "--idempotency-key")
+# Options whose value may begin with '-' (an account id may, an email address too): argparse would take "-x1"
+# for an option.
+_VALUE_OPTIONS = ("--account", "--prefix", "--requested-by", "--idempotency-key", "--subject")
 
 
 def _join_option_values(argv: list[str]) -> list[str]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from portability.archive.deflate import DeflatedPiece
 from portability.pipeline.model import PieceResult, Plan, Shard, ShardResult, Snapshot, Summary
@@ -43,3 +47,40 @@ def test_a_shard_is_named_by_its_pieces_counted_from_one():
     assert Shard("contacts", 0, 8, 40).label == "contacts pieces 1-8 of 40"
     assert Shard("contacts", 3, 4, 40).label == "contacts piece 4 of 40"
     assert Shard("contacts", 3, 4, 0).label == "contacts piece 4"  # the category is still being read
+
+
+SUBJECT = "Jane.Doe+Private@Example.COM"
+
+
+def test_a_subjects_plan_in_xcom_says_there_is_one_but_never_holds_the_address():
+    subject_plan = replace(PLAN, categories=("contacts", "suppressions"), subject_email=SUBJECT,
+                           since="2025-01-01T00:00:00Z")
+    value = subject_plan.to_xcom()
+    assert value["subject"] is True and "subject_email" not in value
+    text = json.dumps(value, ensure_ascii=False)
+    for form in (SUBJECT, SUBJECT.lower(), SUBJECT.upper(), "Jane.Doe", "jane.doe", "Example.COM"):
+        assert form not in text, form
+    assert SUBJECT not in repr(subject_plan) and SUBJECT.lower() not in repr(subject_plan).lower()
+    # Back from XCom the address is gone: the service reads it back from the ledger (plan_from_xcom).
+    back = _through_xcom(subject_plan)
+    assert back.subject_email is None
+    assert replace(back, subject_email=SUBJECT) == subject_plan
+
+
+def test_a_whole_account_plan_in_xcom_says_there_is_no_subject():
+    value = PLAN.to_xcom()
+    assert value["subject"] is False and "subject_email" not in value
+    assert _through_xcom(PLAN) == PLAN
+
+
+def test_the_ledger_keeps_the_subjects_address_in_the_plans_options():
+    assert replace(PLAN, subject_email=SUBJECT).options()["subject_email"] == SUBJECT
+    assert PLAN.options()["subject_email"] is None
+
+
+@given(address=st.emails(), since=st.none() | st.just("2025-01-01T00:00:00.000000Z"))
+def test_no_address_is_ever_in_a_plans_xcom_value(address, since):
+    plan = replace(PLAN, subject_email=address, since=since)
+    text = json.dumps(plan.to_xcom(), ensure_ascii=False).lower()
+    assert address.lower() not in text and json.dumps(address)[1:-1].lower() not in text
+    assert address not in repr(plan) and address not in str(plan)

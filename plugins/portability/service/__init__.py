@@ -133,6 +133,11 @@ def schedule(conf: dict, every_days: int, *, first_due: datetime | None = None) 
     if not isinstance(every_days, int) or not 1 <= every_days <= 366:
         raise RequestError("every_days must be a whole number of days from 1 to 366")
     request = parse_request(conf, SchemaSet())
+    # A schedule keeps only the account's options: it would silently export the whole account, every time.
+    narrowed = [name for name in ("subject_email", "since", "until") if getattr(request, name) is not None]
+    if narrowed:
+        raise RequestError(f"invalid schedule: field {narrowed[0]!r}: a schedule exports the whole account; ask for "
+                           "one data subject's export, or a time window, with `portability export`")
     due = first_due or datetime.now(UTC)
     with ledger.connect() as conn:
         ledger.set_schedule(conn, request.to_dict(), every_days, notify_email=request.requester()["notify_email"],

@@ -68,7 +68,8 @@ def parse_request(conf: Mapping, schemas: SchemaSet) -> ExportRequest:
     # Omitted and null mean the same: the default (the trigger form sends null for a field left empty).
     merged = {name: prop.get("default") if conf.get(name) is None else conf[name] for name, prop in properties.items()}
     since, until = _instant(merged, "since"), _instant(merged, "until")
-    if since and until and until <= since:
+    # Compared as instants, not as the text of the request (where "00:00:00.5Z" sorts before "00:00:00Z").
+    if since and until and _parsed(until) <= _parsed(since):
         raise RequestError(f"invalid export request: field 'until' ({until}) must be after 'since' ({since})")
     categories = merged["categories"]
     if merged["subject_email"] is not None:
@@ -91,13 +92,19 @@ def _instant(merged: dict, name: str) -> str | None:
     if value is None:
         return None
     try:
-        instant = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        instant = None
-    if instant is None or instant.tzinfo is None or "T" not in value.upper():
+        instant = _parsed(value)
+        # An offset can carry an instant out of the years 1 to 9999 (9999-12-31T23:59:59-01:00): refused too.
+        in_utc = instant.astimezone(UTC) if instant.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        in_utc = None
+    if in_utc is None or "T" not in value.upper():
         raise RequestError(f"invalid export request: field {name!r}: {_clip(repr(value))} is not an RFC 3339 "
                            "instant with its offset, e.g. 2025-01-01T00:00:00Z")
-    return render_timestamp(instant.astimezone(UTC))
+    return render_timestamp(in_utc)
+
+
+def _parsed(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
 
 
 def _subject_categories(categories: list, asked: object, default: list) -> list:
