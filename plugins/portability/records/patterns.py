@@ -44,12 +44,20 @@ def _members(letter: str) -> str:
     return "".join(f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in ranges)
 
 
+# How a schema ends a match at the very end of the text: `$` would also match before a final newline in
+# Python's re (jsonschema's), and JSON Schema's own regex flavour has no \z. RE2 spells it \z.
+END_OF_TEXT = r"(?![\s\S])"
+
+
 def to_re2(pattern: str) -> str | None:
     """An RE2 pattern matching exactly the strings `re.search(pattern, s)` matches, or None."""
     try:
         re.compile(pattern)
     except re.error:
         return None
+    if pattern.endswith(END_OF_TEXT) and not pattern.endswith("\\" + END_OF_TEXT):
+        rest = to_re2(pattern[:-len(END_OF_TEXT)])
+        return None if rest is None else f"(?:{rest})\\z"
     if any(group in pattern for group in _UNSUPPORTED_GROUPS) or re.search(r"\(\?[aiLmsux-]", pattern):
         return None
     out, in_class, i, depth = [], False, 0, 0
