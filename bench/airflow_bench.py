@@ -60,6 +60,7 @@ from export_bench import (
     machine_info,
     measure_export,
     positive_int,
+    report_run,
     use_embedded_defaults,
 )
 
@@ -875,20 +876,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Airflow's own loggers are structlog's, at INFO, to stdout: keep its "credentials retrieved" lines off the table.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from portability.resources.config import ConfigurationError
-    from portability.resources.mapping import MappingError
     from portability_dev.airflow_local import AirflowNotReady
 
-    try:
-        results = run_benchmark(args)
-    except (BenchError, ConfigurationError, MappingError, AirflowNotReady) as exc:
-        print(f"airflow_bench: {exc}", file=sys.stderr)
-        return 2
-    print_report(results)
-    if args.json:
-        print()
-        print(json.dumps(results, indent=2))
-    return 1 if args.check and not results["all_pass"] else 0
+    return report_run("airflow_bench", args, run_benchmark, print_report, errors=(AirflowNotReady,))
 
 
 if __name__ == "__main__":

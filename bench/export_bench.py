@@ -773,6 +773,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_run(name: str, args, run_benchmark, print_report, errors: tuple = ()) -> int:
+    """Run a benchmark and print its report (with --json also its JSON): exit status 2 when it could not run,
+    1 when --check finds a target missed. Shared by the benchmarks of bench/."""
+    from portability.resources.config import ConfigurationError
+    from portability.resources.mapping import MappingError
+
+    try:
+        results = run_benchmark(args)
+    except (BenchError, ConfigurationError, MappingError, *errors) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    print_report(results)
+    if args.json:
+        print()
+        print(json.dumps(results, indent=2))
+    return 1 if args.check and not results["all_pass"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.naive_worker:
@@ -782,19 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     import airflow.sdk  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True, format="export_bench: %(message)s")
-    from portability.resources.config import ConfigurationError
-    from portability.resources.mapping import MappingError
-
-    try:
-        results = run_benchmark(args)
-    except (BenchError, ConfigurationError, MappingError) as exc:
-        print(f"export_bench: {exc}", file=sys.stderr)
-        return 2
-    print_report(results)
-    if args.json:
-        print()
-        print(json.dumps(results, indent=2))
-    return 1 if args.check and not results["all_pass"] else 0
+    return report_run("export_bench", args, run_benchmark, print_report)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from export_bench import (
     machine_info,
     portability_command,
     positive_int,
+    report_run,
     use_embedded_defaults,
 )
 
@@ -530,19 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     import airflow.sdk  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True, format="subject_bench: %(message)s")
-    from portability.resources.config import ConfigurationError
-    from portability.resources.mapping import MappingError
-
-    try:
-        results = run_benchmark(args)
-    except (BenchError, ConfigurationError, MappingError) as exc:
-        print(f"subject_bench: {exc}", file=sys.stderr)
-        return 2
-    print_report(results)
-    if args.json:
-        print()
-        print(json.dumps(results, indent=2))
-    return 1 if args.check and not results["all_pass"] else 0
+    return report_run("subject_bench", args, run_benchmark, print_report)
 
 
 if __name__ == "__main__":
