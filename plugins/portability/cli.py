@@ -193,6 +193,24 @@ def cmd_deadlines(args) -> int:
     return 1 if any(row["overdue"] for row in rows) else 0
 
 
+def cmd_requests(args) -> int:
+    from portability import service
+
+    rows = service.request_list(args.state, args.account)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        flag = "OVERDUE" if row["overdue"] else "due" if row["due_soon"] else ""
+        what = "one person" if row["data_subject"] else "account"
+        size = f"{row['bytes']} bytes" if row["bytes"] is not None else ""
+        print(f"{row['requested_at'][:16]}  {row['state']:9} {flag:7} deadline {row['deadline_at'][:10]}  "
+              f"{row['account_id']:20} {what:10} by {row['requested_by'][:30]:30} request {row['request_id']}  "
+              f"{size}{'  ' + row['error'][:120] if row['error'] else ''}")
+    print(f"{len(rows)} request(s)", file=sys.stderr)
+    return 0
+
+
 def cmd_schedule(args) -> int:
     from datetime import datetime
 
@@ -360,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke", help="delete a published archive now; its links stop working")
     revoke.add_argument("export_id")
     revoke.set_defaults(handler=cmd_revoke)
+
+    listing = sub.add_parser("requests", help="every request in the ledger, newest first, with its state")
+    listing.add_argument("--state", help="only requests in this state (requested, running, ready, delivered, "
+                                         "expired, failed, cancelled)")
+    listing.add_argument("--account", help="only this account's requests")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_requests)
 
     deadlines = sub.add_parser("deadlines", help="requests overdue or near their legal deadline (exit 1 if overdue)")
     deadlines.add_argument("--within-days", type=int, default=7)

@@ -297,3 +297,32 @@ def test_the_deadline_watch_marks_dead_exports_failed(conn):
     assert export_id in ledger.reap_dead(conn, None)
     assert ledger.request_status(conn, request_id)["state"] == "failed"
     assert request_id in {str(r["request_id"]) for r in ledger.overdue_or_due(conn, timedelta(days=40))}
+
+
+def test_the_request_list_holds_every_request_newest_first_filtered_by_state_and_account(conn):
+    from portability.resources import ledger
+
+    account, other = _account(), _account()
+    first = ledger.submit(conn, _request(account), requested_by="dpo@example.com")
+    conn.execute("UPDATE export_requests SET requested_at = now() - interval '40 days', "
+                 "deadline_at = now() - interval '9 days' WHERE request_id = %s", (first.request_id,))
+    person = ledger.submit(conn, _request(account, subject_email="Jane.Doe@example.com", formats=["parquet"]),
+                           requested_by="support")
+    conn.execute("UPDATE export_requests SET deadline_at = now() + interval '2 days' WHERE request_id = %s",
+                 (person.request_id,))
+    elsewhere = ledger.submit(conn, _request(other), requested_by="someone else")
+    conn.commit()
+
+    rows = ledger.requests(conn, account_id=account)
+    assert [str(r["request_id"]) for r in rows] == [person.request_id, first.request_id]  # newest first
+    by_id = {str(r["request_id"]): r for r in rows}
+    assert by_id[first.request_id]["overdue"] and not by_id[first.request_id]["due_soon"]
+    assert by_id[person.request_id]["due_soon"] and not by_id[person.request_id]["overdue"]
+    assert by_id[person.request_id]["data_subject"] and not by_id[first.request_id]["data_subject"]
+    assert "jane.doe" not in repr(rows).lower()  # whose data it is stays in the ledger's own columns
+    assert [str(r["request_id"]) for r in ledger.requests(conn, account_id=other)] == [elsewhere.request_id]
+    listed = {str(r["request_id"]) for r in ledger.requests(conn, state="requested")}
+    assert {first.request_id, person.request_id, elsewhere.request_id} <= listed
+    assert not {r["state"] for r in ledger.requests(conn, state="delivered")} - {"delivered"}
+    with pytest.raises(ledger.LedgerError, match="unknown state 'done'"):
+        ledger.requests(conn, state="done")

@@ -586,6 +586,25 @@ def overdue_or_due(conn, within: timedelta) -> list[dict]:
         "ORDER BY deadline_at", (within,)).fetchall()
 
 
+def requests(conn, state: str | None = None, account_id: str | None = None) -> list[dict]:
+    """Every request, newest first, with its export's outcome: the privacy team's list (`portability requests`).
+
+    `overdue` and `due_soon` (within 7 days) only for requests not yet served. The data subject's address
+    stays in the ledger: a row says only whether the request was for one person.
+    """
+    if state is not None and state not in STATES:
+        raise LedgerError(f"unknown state {state[:40]!r}: one of {', '.join(STATES)}")
+    return conn.execute(
+        "SELECT request_id, export_id, account_id, requested_by, state, requested_at, deadline_at, delivered_at, "
+        "cancelled_at, dag_run_id, bytes, counts, error, subject_email IS NOT NULL AS data_subject, since, until, "
+        "state IN ('requested', 'running', 'ready', 'failed') AND deadline_at < now() AS overdue, "
+        "state IN ('requested', 'running', 'ready', 'failed') AND deadline_at >= now() "
+        "AND deadline_at < now() + interval '7 days' AS due_soon "
+        "FROM export_request_status WHERE (%(state)s::text IS NULL OR state = %(state)s) "
+        "AND (%(account)s::text IS NULL OR account_id = %(account)s) "
+        "ORDER BY requested_at DESC, request_id", {"state": state, "account": account_id}).fetchall()
+
+
 def claim_deadline_alerts(conn, request_ids: list, quiet: timedelta) -> list:
     """Marks these requests alerted now, except those already alerted within `quiet`; returns the ones marked.
 

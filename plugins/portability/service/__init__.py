@@ -370,9 +370,16 @@ def deadline_report(within_days: int = 7) -> list[dict]:
         return _report_rows(ledger.overdue_or_due(conn, timedelta(days=within_days)))
 
 
+def request_list(state: str | None = None, account_id: str | None = None) -> list[dict]:
+    """Every request in the ledger (newest first), optionally of one state or account."""
+    with ledger.connect() as conn:
+        return _report_rows(ledger.requests(conn, state, account_id))
+
+
 def _report_rows(rows: list[dict]) -> list[dict]:
+    instants = ("requested_at", "deadline_at", "delivered_at", "cancelled_at")
     return [{**row, "request_id": str(row["request_id"]), "export_id": str(row["export_id"]),
-             "requested_at": row["requested_at"].isoformat(), "deadline_at": row["deadline_at"].isoformat()}
+             **{name: row[name].isoformat() for name in instants if row.get(name) is not None}}
             for row in rows]
 
 
