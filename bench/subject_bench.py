@@ -62,7 +62,6 @@ MAX_RSS_MIB = 512           # peak RSS of the command's process tree
 
 # A subject's export is index lookups: no plan may scan one of these tables.
 NO_SCAN_TABLES = ("contacts", "list_members", "messages", "events", "suppressions")
-SUBJECT_SETTING = "portability.subject_email"  # the setting the export keeps the address in (resources/source.py)
 NOBODY = "nobody.at.all@subject-bench.example.com"
 STDERR_TAIL_CHARS = 3000
 
@@ -260,6 +259,8 @@ def scans(plan: list[str]) -> list[str]:
 def plans(conn, queries: dict, account_id: str, email: str) -> dict:
     """EXPLAIN (ANALYZE, BUFFERS) of each subject query (ordered, as the export runs it) and count, the
     address a bound parameter; then the same statements as the export sends them (the address in a setting)."""
+    from portability.resources.source import SUBJECT_SETTING, statement_as_run
+
     out = {}
     params = subject_parameters(account_id, email)
     for category, query in queries.items():
@@ -268,8 +269,7 @@ def plans(conn, queries: dict, account_id: str, email: str) -> dict:
                 plan = explain(conn, statement, params)
             with conn.transaction():
                 conn.execute("SELECT set_config(%s, %s, true)", (SUBJECT_SETTING, email))
-                in_setting = statement.replace("%(subject_email)s", f"current_setting('{SUBJECT_SETTING}')")
-                as_export = explain(conn, in_setting, params)
+                as_export = explain(conn, statement_as_run(statement), params)
             out[f"{category}.{kind}"] = {"plan": node_lines(plan), "seq_scans": scans(plan),
                                          "seq_scans_as_export": scans(as_export),
                                          "execution_ms": execution_ms(plan)}

@@ -17,7 +17,7 @@ from portability.resources.mapping import PARAMETERS, CategoryQuery, MappingErro
 
 # PostgreSQL types whose text PostgreSQL itself guarantees to be valid JSON.
 JSON_TYPES = ("json", "jsonb")
-# Where each connection keeps a data subject's address for the queries to read (`_statement`).
+# Where each connection keeps a data subject's address for the queries to read (`statement_as_run`).
 SUBJECT_SETTING = "portability.subject_email"
 BATCH_BYTES = 2 * 1024 * 1024  # bigger batches gain little speed, and every reader and thread holding one costs memory
 
@@ -71,7 +71,7 @@ class SourceSnapshot:
         estimate only gives a file more part numbers than it needs; too small a one stops the export.
         """
         with self._conn.cursor() as cursor:
-            cursor.execute("EXPLAIN (FORMAT JSON) " + _statement(mapping.ordered()), self._parameters)
+            cursor.execute("EXPLAIN (FORMAT JSON) " + statement_as_run(mapping.ordered()), self._parameters)
             return largest_step(cursor.fetchone()[0][0]["Plan"])
 
     def owned_rows(self, mapping: CategoryQuery) -> int:
@@ -81,7 +81,7 @@ class SourceSnapshot:
         hide them: this is the manifest's source count.
         """
         with self._conn.cursor() as cursor:
-            cursor.execute(_statement(mapping.count), self._parameters)
+            cursor.execute(statement_as_run(mapping.count), self._parameters)
             row = cursor.fetchone()
         if row is None or len(row) != 1 or isinstance(row[0], bool) or not isinstance(row[0], int):
             raise MappingError(f"the count of {mapping.category!r} in the mapping must return one number "
@@ -92,14 +92,14 @@ class SourceSnapshot:
         """EXPLAIN of the category's ordered query with these parameters, as text (the subject's lookups use
         indexes, never a scan: the benchmark and the tests show it)."""
         with self._conn.cursor() as cursor:
-            cursor.execute("EXPLAIN " + _statement(mapping.ordered()), self._parameters)
+            cursor.execute("EXPLAIN " + statement_as_run(mapping.ordered()), self._parameters)
             return "\n".join(row[0] for row in cursor.fetchall())
 
     def _render(self, mapping: CategoryQuery) -> str:
         """The ordered query with its parameters as quoted literals: ADBC streams COPY only without parameters."""
         import psycopg
 
-        return psycopg.ClientCursor(self._conn).mogrify(_statement(mapping.ordered()), self._parameters)
+        return psycopg.ClientCursor(self._conn).mogrify(statement_as_run(mapping.ordered()), self._parameters)
 
     @contextmanager
     def reader(self, mapping: CategoryQuery, columns: list[Column]):
@@ -168,7 +168,7 @@ class _Shaped:
             yield pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
 
-def _statement(query: str) -> str:
+def statement_as_run(query: str) -> str:
     """A mapping query as it is run: the subject's address read from the connection's setting, not written in."""
     return query.replace("%(subject_email)s", f"current_setting('{SUBJECT_SETTING}')")
 
