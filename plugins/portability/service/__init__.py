@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from portability.pipeline import export
 from portability.pipeline.model import Plan, Summary
+from portability.pipeline.progress import Report
 from portability.records.schemas import SchemaSet
 from portability.resources import config, keys, ledger
 from portability.service.request import RequestError, export_id_for_run, parse_request
@@ -29,13 +30,15 @@ DEADLINE_ALERT_QUIET = timedelta(hours=20)
 
 
 def export_now(conf: dict, *, requested_by: str = "portability export",
-               on_progress: Callable[[str], None] | None = None) -> tuple[dict, str]:
+               on_progress: Callable[[str], None] | None = None,
+               watch: Callable[[Report], None] | None = None) -> tuple[dict, str]:
     """The whole export in this process (the `export` command, a scheduled export), recorded in the ledger like
     any other; returns the summary and the request id (`link(..., request_id=)` hands the link over).
 
     If an export of the account that covers the request is already under way and alive, this joins it
     and waits for its archive instead of doing the work twice; if that one dies, this takes over.
-    `on_progress` hears, in words, when this waits on another export.
+    `on_progress` hears, in words, when this waits on another export; `watch` hears how far this
+    process's export has got, about twice a second (the command's progress bar).
     """
     request = parse_request(conf, SchemaSet())
     requester = request.requester()
@@ -47,7 +50,7 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
                 conn, request.to_dict(), requested_by=requester["requested_by"] or requested_by,
                 notify_email=requester["notify_email"], lease=lease, request_id=request_id)
         if options is not None:
-            return _export_in_process(options, export_id, lease), request_id
+            return _export_in_process(options, export_id, lease, watch), request_id
         if on_progress:
             on_progress(f"export {export_id} of this account is under way: waiting for its archive")
         summary = _wait_for(export_id, lease)
@@ -56,12 +59,13 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
         # It died: place the request again (it is moved to the export that replaces it, perhaps this one).
 
 
-def _export_in_process(options: dict, export_id: str, lease: timedelta) -> dict:
+def _export_in_process(options: dict, export_id: str, lease: timedelta,
+                       watch: Callable[[Report], None] | None = None) -> dict:
     conf = {name: options[name] for name in ("account_id", "categories", "formats", "expires_in_hours",
                                              "on_invalid", "since", "until", "subject_email")}
     try:
         with _renewing(export_id, lease):
-            summary = export.run_export(conf, export_id)
+            summary = export.run_export(conf, export_id, watch)
     except BaseException as exc:
         _record_failure(export_id, exc)
         raise
