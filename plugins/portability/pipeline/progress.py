@@ -163,20 +163,20 @@ class Progress:
     """
 
     def __init__(self, what: str, *, export_id: str | None = None, part: str = "", record: bool = True,
-                 interval: float | None = None, record_interval: float = RECORD_INTERVAL_SECONDS,
+                 interval: float | None = None, record_interval: float | None = None,
                  watchers: Iterable[Callable[[Report], None] | None] = (),
                  stopped_by: tuple[type[BaseException], ...] = ()):
         self.what = what
         self.export_id, self.part = export_id, part
         self.record = record and export_id is not None
         self.interval = interval if interval is not None else log_interval()
-        self.record_interval = record_interval
+        self.record_interval = record_interval if record_interval is not None else RECORD_INTERVAL_SECONDS
         self.watchers = [w for w in watchers if w is not None]
         self.stopped_by = stopped_by  # exceptions that end the step without failing it (another route takes over)
         self._counts: dict[str, _Counts] = {}
         self._phases = dict.fromkeys(PHASES, 0.0)
         self._lock = threading.Lock()
-        self._local = threading.local()  # the phase this thread is in, and since when
+        self._open: dict[int, tuple[str, float]] = {}  # thread -> the phase it is in, and since when
         self._started = time.monotonic()
         self._ended: float | None = None
         self._stop = threading.Event()
@@ -210,9 +210,24 @@ class Progress:
         """A readable stream whose `read` calls are charged to `phase`."""
         return _TimedStream(self, stream, phase)
 
-    def _charge(self, phase: str, seconds: float) -> None:
+    def _enter(self, phase: str) -> str | None:
+        """This thread enters `phase`: the phase it was in stops its clock. Returns that phase."""
+        now, thread = time.perf_counter(), threading.get_ident()
         with self._lock:
-            self._phases[phase] += seconds
+            outer = self._open.get(thread)
+            if outer is not None:
+                self._phases[outer[0]] += now - outer[1]
+            self._open[thread] = (phase, now)
+        return outer[0] if outer is not None else None
+
+    def _leave(self, outer: str | None) -> None:
+        """This thread leaves its phase, back into `outer` (None: no phase)."""
+        now, thread = time.perf_counter(), threading.get_ident()
+        with self._lock:
+            phase, since = self._open.pop(thread)
+            self._phases[phase] += now - since
+            if outer is not None:
+                self._open[thread] = (outer, now)
 
     # --- reporting -------------------------------------------------------------------------------------
 
@@ -221,6 +236,9 @@ class Progress:
             categories = tuple(CategoryProgress(name, c.rows_done, c.rows_estimated, c.pieces_done, c.pieces_total)
                                for name, c in self._counts.items())
             phases = dict(self._phases)
+            now = time.perf_counter()
+            for phase, since in self._open.values():  # a call still under way (perhaps stuck) counts already
+                phases[phase] += now - since
         end = self._ended if self._ended is not None else time.monotonic()
         return Report(self.what, end - self._started, categories, phases, finished=self._ended is not None,
                       failed=failed)
@@ -296,16 +314,10 @@ class _Timed:
         self._progress, self._phase = progress, phase
 
     def __enter__(self) -> None:
-        now, local = time.perf_counter(), self._progress._local
-        self._outer = getattr(local, "phase", None)
-        if self._outer is not None:
-            self._progress._charge(self._outer, now - local.since)
-        local.phase, local.since = self._phase, now
+        self._outer = self._progress._enter(self._phase)
 
     def __exit__(self, *exc) -> None:
-        now, local = time.perf_counter(), self._progress._local
-        self._progress._charge(self._phase, now - local.since)
-        local.phase, local.since = self._outer, now
+        self._progress._leave(self._outer)
 
 
 class _TimedIterable:
