@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -170,20 +170,22 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
     queries = {c: mapping[c].for_subject() if plan.subject_email else mapping[c] for c in plan.categories}
     parameters = {"account_id": account_id, "since": plan.since, "until": plan.until,
                   "subject_email": plan.subject_email}
-    with source.snapshot(config.source_settings().conninfo, parameters) as snap:
-        account = _account(snap, mapping["account"], schemas, account_id)
-        # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
-        where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
-                         region=account["region"],
-                         references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
-                                     if mapping[c].references})
-        # The source count: every row the account owns in each category's table, counted apart from the query.
-        owned = {category: snap.owned_rows(queries[category]) for category in plan.categories}
-        estimates = {category: snap.estimated_rows(queries[category]) for category in plan.categories}
+    progress = progress or idle()
+    with ExitStack() as opened:
+        with progress.timed("reading"):  # the snapshot, the account and the counts come from the source
+            snap = opened.enter_context(source.snapshot(config.source_settings().conninfo, parameters))
+            account = _account(snap, mapping["account"], schemas, account_id)
+            # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
+            where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
+                             region=account["region"],
+                             references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
+                                         if mapping[c].references})
+            # The source count: every row the account owns in each category's table, counted apart from the query.
+            owned = {category: snap.owned_rows(queries[category]) for category in plan.categories}
+            estimates = {category: snap.estimated_rows(queries[category]) for category in plan.categories}
         largest_first = sorted(plan.categories, key=lambda c: -estimates[c])
         if on_open:
             on_open(replace(where, source_counts=owned), estimates)
-        progress = progress or idle()
         for category in plan.categories:
             progress.expect(category, owned[category], max(1, -(-owned[category] // plan.piece_rows)))
 

@@ -112,6 +112,8 @@ class Report:
 
     def line(self) -> str:
         """The periodic progress line."""
+        if not self.categories:
+            return f"{self.what}: counting what to do, after {_duration(self.elapsed)}; {self.phase_times()}"
         estimated = self.rows_estimated
         rows = f"{self.rows_done:,} of {estimated:,} rows" if estimated is not None else f"{self.rows_done:,} rows"
         if estimated:
@@ -119,7 +121,7 @@ class Report:
         pieces = f"{self.pieces_done} of {self.pieces_total} pieces" if self.pieces_total is not None else (
             f"{self.pieces_done} pieces")
         left = self.seconds_left
-        eta = f", about {_duration(left)} left" if left is not None and self.rows_done < (estimated or 0) else ""
+        eta = f", about {_duration(left)} left" if left is not None and left >= 0.5 else ""
         under_way = [c for c in self.categories
                      if c.rows_done and c.rows_estimated is not None and c.rows_done < c.rows_estimated]
         detail = "".join(f"; {c.category} {c.rows_done:,} of {c.rows_estimated:,}" for c in under_way[:4])
