@@ -42,6 +42,11 @@ def test_report_arithmetic():
     assert unknown.rows_estimated is None and unknown.seconds_left is None and unknown.pieces_total is None
     assert unknown.line().startswith("export x: 10 rows, 0 pieces, 5 rows/s")
     assert Report("idle", 0.0).rate == 0.0 and Report("idle", 0.0).shares() == {}
+    packaging = Report("export x: packaging", 3.0, phases={"reading": 1.0, "writing": 1.0}, counts_rows=False)
+    assert packaging.line() == ("export x: packaging: 3.0 s so far; reading 1.0 s, validating 0.0 s, writing 1.0 s, "
+                                "uploading 0.0 s")
+    assert packaging.where_time_went().startswith("export x: packaging: done in 3.0 s; time went to reading 1.0 s "
+                                                  "(50%)")
 
 
 def test_phase_time_is_its_own_on_each_thread():
@@ -192,3 +197,31 @@ def test_the_commands_export_records_progress_in_the_ledger_while_it_runs(seeded
                for r in recorded.values())
     assert seen_mid_export, "no progress was recorded while the export ran"
     assert set(seen_mid_export[0]) == set(recorded)  # every category has its row from the start
+
+
+@pytest.mark.e2e
+def test_a_dag_run_logs_each_tasks_progress_and_records_each_shard(seeded, run_dag, monkeypatch):
+    """account_export run by Airflow, sharded: the task logs hold the periodic lines and each step's closing line,
+    and the ledger holds every shard's progress, adding up to the archive's counts."""
+    from portability.resources import ledger
+    from portability.service.request import export_id_for_run
+
+    monkeypatch.setenv("PORTABILITY_PROGRESS_SECONDS", "0.2")
+    monkeypatch.setenv("PORTABILITY_PIECE_ROWS", "100")
+    monkeypatch.setenv("PORTABILITY_SHARD_ROWS", "200")
+    run = run_dag({"account_id": "e2e-00002", "categories": ["contacts", "lists"], "formats": ["csv"]})
+    assert run["state"] == "success", run["output"][-4000:]
+    export_id = export_id_for_run("account_export", run["run_id"])
+    output = run["output"]
+    # A periodic line in a task's log (each step's lines come at least every 0.2 s here).
+    assert re.search(rf"export {export_id}: (staging: )?(counting what to do|[\d,]+ of [\d,]+ rows)", output)
+    assert f"export {export_id}: stopped after " in output  # export_account found it too big for one task
+    for step in ("staging", "contacts pieces 1-2 of 3", "contacts piece 3 of 3", "lists piece 1 of 1"):
+        assert re.search(rf"export {export_id}: {step}: done in [\d.]+ s: [\d,]+ rows, \d+ pieces, [\d,]+ rows/s; "
+                         r"time went to reading ", output), step
+    assert re.search(rf"export {export_id}: packaging: done in [\d.]+ s; time went to reading ", output)
+    with ledger.connect() as conn:
+        recorded = ledger.progress(conn, export_id)
+        counts = ledger.export_record(conn, export_id)["counts"]
+    assert {c: r["rows_done"] for c, r in recorded.items()} == {
+        c: n["exported"] + n["quarantined"] for c, n in counts.items()}

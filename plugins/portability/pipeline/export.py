@@ -439,7 +439,8 @@ def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
     """
     if progress is not None:
         return _package(plan, snapshot, shard_results, parts, progress)
-    with Progress(f"export {plan.export_id}: packaging", export_id=plan.export_id, record=False) as own:
+    with Progress(f"export {plan.export_id}: packaging", export_id=plan.export_id, record=False,
+                  counts_rows=False) as own:
         return _package(plan, snapshot, shard_results, parts, own)
 
 

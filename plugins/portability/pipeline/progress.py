@@ -71,6 +71,7 @@ class Report:
     phases: dict[str, float] = field(default_factory=dict)
     finished: bool = False
     failed: bool = False
+    counts_rows: bool = True  # False for a step that moves files, not rows (packaging)
 
     @property
     def rows_done(self) -> int:
@@ -112,6 +113,8 @@ class Report:
 
     def line(self) -> str:
         """The periodic progress line."""
+        if not self.counts_rows:
+            return f"{self.what}: {_duration(self.elapsed)} so far; {self.phase_times()}"
         if not self.categories:
             return f"{self.what}: counting what to do, after {_duration(self.elapsed)}; {self.phase_times()}"
         estimated = self.rows_estimated
@@ -138,8 +141,9 @@ class Report:
         spent = ", ".join(f"{phase} {self.phases.get(phase, 0.0):.1f} s ({100 * shares.get(phase, 0.0):.0f}%)"
                           for phase in PHASES)
         estimated = f" of {self.rows_estimated:,}" if self.rows_estimated is not None and self.failed else ""
-        return (f"{self.what}: {outcome} {_duration(self.elapsed)}: {self.rows_done:,}{estimated} rows, "
-                f"{self.pieces_done} pieces, {self.rate:,.0f} rows/s; time went to {spent}")
+        rows = (f": {self.rows_done:,}{estimated} rows, {self.pieces_done} pieces, {self.rate:,.0f} rows/s"
+                if self.counts_rows else "")
+        return f"{self.what}: {outcome} {_duration(self.elapsed)}{rows}; time went to {spent}"
 
 
 def _duration(seconds: float) -> str:
@@ -167,13 +171,14 @@ class Progress:
     def __init__(self, what: str, *, export_id: str | None = None, part: str = "", record: bool = True,
                  interval: float | None = None, record_interval: float | None = None,
                  watchers: Iterable[Callable[[Report], None] | None] = (),
-                 stopped_by: tuple[type[BaseException], ...] = ()):
+                 stopped_by: tuple[type[BaseException], ...] = (), counts_rows: bool = True):
         self.what = what
         self.export_id, self.part = export_id, part
         self.record = record and export_id is not None
         self.interval = interval if interval is not None else log_interval()
         self.record_interval = record_interval if record_interval is not None else RECORD_INTERVAL_SECONDS
         self.watchers = [w for w in watchers if w is not None]
+        self.counts_rows = counts_rows
         self.stopped_by = stopped_by  # exceptions that end the step without failing it (another route takes over)
         self._counts: dict[str, _Counts] = {}
         self._phases = dict.fromkeys(PHASES, 0.0)
@@ -243,7 +248,7 @@ class Progress:
                 phases[phase] += now - since
         end = self._ended if self._ended is not None else time.monotonic()
         return Report(self.what, end - self._started, categories, phases, finished=self._ended is not None,
-                      failed=failed)
+                      failed=failed, counts_rows=self.counts_rows)
 
     def __enter__(self) -> Progress:
         self._started = time.monotonic()
