@@ -121,8 +121,8 @@ class Report:
         rows = f"{self.rows_done:,} of {estimated:,} rows" if estimated is not None else f"{self.rows_done:,} rows"
         if estimated:
             rows += f" ({100 * self.rows_done / estimated:.0f}%)"
-        pieces = f"{self.pieces_done} of {self.pieces_total} pieces" if self.pieces_total is not None else (
-            f"{self.pieces_done} pieces")
+        total = self.pieces_total
+        pieces = f"{self.pieces_done} of {_pieces(total)}" if total is not None else _pieces(self.pieces_done)
         left = self.seconds_left
         eta = f", about {_duration(left)} left" if left is not None and left >= 0.5 else ""
         under_way = [c for c in self.categories
@@ -141,9 +141,13 @@ class Report:
         spent = ", ".join(f"{phase} {self.phases.get(phase, 0.0):.1f} s ({100 * shares.get(phase, 0.0):.0f}%)"
                           for phase in PHASES)
         estimated = f" of {self.rows_estimated:,}" if self.rows_estimated is not None and self.failed else ""
-        rows = (f": {self.rows_done:,}{estimated} rows, {self.pieces_done} pieces, {self.rate:,.0f} rows/s"
+        rows = (f": {self.rows_done:,}{estimated} rows, {_pieces(self.pieces_done)}, {self.rate:,.0f} rows/s"
                 if self.counts_rows else "")
         return f"{self.what}: {outcome} {_duration(self.elapsed)}{rows}; time went to {spent}"
+
+
+def _pieces(count: int) -> str:
+    return f"{count} piece" if count == 1 else f"{count} pieces"
 
 
 def _duration(seconds: float) -> str:
