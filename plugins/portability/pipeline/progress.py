@@ -38,6 +38,7 @@ PHASES = ("reading", "validating", "writing", "uploading")
 DEFAULT_INTERVAL_SECONDS = 10.0  # the longest a long task stays silent in its log
 RECORD_INTERVAL_SECONDS = 5.0    # the most often a step writes its progress to the ledger
 WATCH_INTERVAL_SECONDS = 0.5     # how often watchers (a progress bar) hear of it
+JOIN_SECONDS = 10.0              # the longest the end of a step waits for the timer thread's last write
 
 
 def log_interval() -> float:
@@ -263,12 +264,14 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A ledger write that hangs (an unreachable server) must not hold the step: the thread is a daemon.
+            self._thread.join(timeout=JOIN_SECONDS)
         self._ended = time.monotonic()
         stopped = exc_type is not None and issubclass(exc_type, self.stopped_by)
         final = self.report(failed=exc_type is not None and not stopped)
         self._tell_watchers(final)
-        self._record(final)
+        if self._thread is None or not self._thread.is_alive():
+            self._record(final)
         log.info("%s", final.where_time_went(stopped=stopped))
 
     def _beat(self) -> None:
