@@ -31,7 +31,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
-from portability.resources.ledger import DAG_ID, STATES
+from portability.resources.ledger import ACTIVE, DAG_ID, STATES
 from portability.web.rows import RequestRow, request_row
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _rows(state: str | None, account: str | None) -> tuple[list[RequestRow], str
 
     try:
         listed = service.request_list(state, account)
-        under_way = sorted({row["export_id"] for row in listed if row["state"] == "running" and row["export_id"]})
+        under_way = sorted({row["export_id"] for row in listed if row["state"] in ACTIVE and row["export_id"]})
         progress = service.export_progress(under_way) if under_way else {}
     except Exception as exc:  # noqa: BLE001 (the page says the ledger is unreachable instead of a traceback)
         log.warning("the Exports page could not read the ledger: %s: %s", type(exc).__name__, exc)
