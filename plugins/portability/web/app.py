@@ -244,7 +244,7 @@ def _cancel(request: Request, request_id: str) -> str:
     stopped = ""
     if result["dag_run_id"]:
         stopped = _stop_run(request, result["dag_run_id"])
-    return f"Request {request_id} cancelled, and its export {result['export_id']}{stopped}."
+    return f"Request {request_id} cancelled. Its export {result['export_id']} is cancelled too{stopped}."
 
 
 def _stop_run(request: Request, dag_run_id: str) -> str:
@@ -259,7 +259,7 @@ def _stop_run(request: Request, dag_run_id: str) -> str:
     except AirflowApiError as exc:
         log.warning("request cancelled, but its DAG run %s was not stopped: %s", dag_run_id, exc)
         return f"; its DAG run {dag_run_id} could not be stopped ({exc}): its next task stops it"
-    return f"; its DAG run {dag_run_id} is stopped" if stopped else f"; its DAG run {dag_run_id} had not started"
+    return f", and its DAG run {dag_run_id} is stopped" if stopped else f"; its DAG run {dag_run_id} does not exist"
 
 
 def _airflow_url(request: Request) -> str:
