@@ -81,6 +81,15 @@ def webhook():
     receiver.server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def steady_webhook():
+    """A webhook receiver of its own that answers every call 204 (the shared `webhook` fails its first call, which
+    the test of retries counts on)."""
+    receiver = WebhookReceiver(fail_first=0)
+    yield receiver
+    receiver.server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def airflow_server(store_env, seeded, mailbox, tmp_path_factory):
     """`airflow standalone` against the embedded stores (`portability_dev.airflow_local`), with the SMTP server

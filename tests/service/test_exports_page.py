@@ -6,6 +6,7 @@ token, and an action from a user who may not edit DAG runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -50,14 +51,15 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def exported(airflow_server, mailbox):
+def exported(airflow_server, mailbox, steady_webhook):
     """A request made through the REST API (a trigger of account_export, as any client would), run to the end."""
     from portability import service
     from portability.resources.airflow_api import AirflowApi
 
     api = AirflowApi(airflow_server["base_url"], "portability", airflow_server["password"])
     run_id = f"exports-page-{uuid.uuid4()}"
-    api.trigger(DAG_ID, run_id, {**EXPORTED, "requested_by": "dpo@example.com", "notify_email": REQUESTER_EMAIL})
+    api.trigger(DAG_ID, run_id, {**EXPORTED, "requested_by": "dpo@example.com", "notify_email": REQUESTER_EMAIL,
+                                 "webhook_url": steady_webhook.url})
     assert wait_for_run(api, DAG_ID, run_id) == "success", airflow_server["log"].read_text()[-3000:]
     [row] = [row for row in service.request_list(account_id=EXPORTED["account_id"]) if row["dag_run_id"] == run_id]
     [first_notice] = mailbox.wait_for(lambda m: m["To"] == REQUESTER_EMAIL)
@@ -121,7 +123,8 @@ def click_twice(row, label: str, confirm: str) -> None:
     row.get_by_role("button", name=confirm).click()
 
 
-def test_the_privacy_team_works_from_the_exports_page(browser, airflow_server, api, exported, mailbox, viewer):
+def test_the_privacy_team_works_from_the_exports_page(browser, airflow_server, api, exported, mailbox, viewer,
+                                                      steady_webhook):
     from playwright.sync_api import expect
 
     from portability import service
@@ -183,12 +186,16 @@ def test_the_privacy_team_works_from_the_exports_page(browser, airflow_server, a
         # A fresh link goes to the requester's channel with a new notification id; the page says only where.
         row_of(frame, exported["request_id"]).get_by_role("button", name="Send fresh link").click()
         expect(frame.locator(".notice.ok")).to_contain_text(
-            f"A fresh link to request {exported['request_id']}'s archive was sent to its email.")
-        notices = mailbox.wait_for(lambda m: m["To"] == REQUESTER_EMAIL and m["Portability-Notification-Id"]
-                                   != exported["first_notification_id"])
-        assert len({m["Portability-Notification-Id"] for m in notices}) == 1
+            f"A fresh link to request {exported['request_id']}'s archive was sent to its email and webhook.")
+        emails = mailbox.wait_for(lambda m: m["To"] == REQUESTER_EMAIL and m["Portability-Notification-Id"]
+                                  != exported["first_notification_id"])
+        [fresh_id] = {m["Portability-Notification-Id"] for m in emails}
+        posted = [json.loads(call["body"]) for call in steady_webhook.calls]
+        assert [(n["event"], n["notification_id"]) for n in posted] == [
+            ("export.ready", exported["first_notification_id"]), ("export.ready", fresh_id)]
+        assert posted[1]["url"] != posted[0]["url"]  # a fresh link, on the requester's channel only
         html = frame.locator("body").evaluate("body => body.ownerDocument.documentElement.outerHTML")
-        assert not NEVER_SHOWN.search(html), NEVER_SHOWN.search(html)
+        assert not NEVER_SHOWN.search(html) and steady_webhook.url not in html, NEVER_SHOWN.search(html)
 
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
@@ -262,6 +269,10 @@ def test_every_route_refuses_a_caller_without_a_valid_token_or_the_right(airflow
     # The admin's token reaches the ledger, which refuses to cancel a request already served.
     refused = call(actions[0], headers=admin)
     assert refused.status_code == 409 and "can be cancelled" in refused.json()["detail"]
+    unknown = call(f"{base}/requests/{uuid.uuid4()}/send-link", headers=admin)
+    assert unknown.status_code == 409 and "no request" in unknown.json()["detail"]
+    malformed = call(f"{base}/exports/not-an-id/revoke", headers=admin)
+    assert malformed.status_code == 404 and "expected a UUID" in malformed.json()["detail"]
     # With the UI's cookie instead of a bearer token, a form without the page's CSRF token is refused.
     forged = call(actions[0], cookies={"_token": api.token()}, data={"state": ""})
     assert forged.status_code == 403 and "did not come from your Exports page" in forged.json()["detail"]
