@@ -238,6 +238,7 @@ def test_the_privacy_team_works_from_the_exports_page(browser, airflow_server, a
 def test_every_route_refuses_a_caller_without_a_valid_token_or_the_right(airflow_server, api, exported, viewer):
     import requests
 
+    from portability.resources import ledger
     from portability.resources.airflow_api import AirflowApi
 
     base = airflow_server["base_url"] + "/portability"
@@ -269,6 +270,11 @@ def test_every_route_refuses_a_caller_without_a_valid_token_or_the_right(airflow
     # The admin's token reaches the ledger, which refuses to cancel a request already served.
     refused = call(actions[0], headers=admin)
     assert refused.status_code == 409 and "can be cancelled" in refused.json()["detail"]
+    # A fresh link only for a served request.
+    with ledger.connect() as conn:
+        refused_id = ledger.refuse(conn, reason="invalid request: field 'account_id' is required", requested_by="api")
+    not_served = call(f"{base}/requests/{refused_id}/send-link", headers=admin)
+    assert not_served.status_code == 409 and "is refused: only a ready or delivered" in not_served.json()["detail"]
     unknown = call(f"{base}/requests/{uuid.uuid4()}/send-link", headers=admin)
     assert unknown.status_code == 409 and "no request" in unknown.json()["detail"]
     malformed = call(f"{base}/exports/not-an-id/revoke", headers=admin)

@@ -71,7 +71,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Exports (portability)", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/exports", response_class=HTMLResponse, dependencies=[may_read], name="page")
-    def page(request: Request, user: GetUserDep, state: str | None = None, account: str | None = None,
+    def page(user: GetUserDep, state: str | None = None, account: str | None = None,
              notice: str | None = None) -> HTMLResponse:
         state, account = _filters(state, account)
         rows, error = _rows(state, account)
