@@ -311,7 +311,7 @@ def send_fresh_link(request_id: str) -> dict:
     """
     import uuid
 
-    from portability.resources.delivery import post_webhook, ready_notice, send_email
+    from portability.resources.delivery import DeliveryError, post_webhook, ready_notice, send_email
 
     export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
@@ -327,13 +327,23 @@ def send_fresh_link(request_id: str) -> dict:
         minted = _link(record, request["expires_in_hours"])
         notice = ready_notice({"notification_id": str(uuid.uuid4()), "request_id": request_id},
                               _summary_of(record).to_xcom(), minted)
-        if request["notify_email"]:
-            send_email(request["notify_email"], notice)
-        if request["webhook_url"]:
-            post_webhook(request["webhook_url"], notice)
-        ledger.delivered(conn, request_id, minted.expires_at)
-    log.info("request %s: a fresh link was sent to its %s", request_id, " and ".join(channels))
-    return {"request_id": request_id, "export_id": str(record["export_id"]), "sent_to": channels,
+        sent, failures = [], []
+        for channel, send in (("email", lambda: send_email(request["notify_email"], notice)),
+                              ("webhook", lambda: post_webhook(request["webhook_url"], notice))):
+            if channel not in channels:
+                continue
+            try:
+                send()
+            except DeliveryError as exc:
+                failures.append(str(exc))
+                continue
+            sent.append(channel)
+        if sent:
+            ledger.delivered(conn, request_id, minted.expires_at)
+    if failures:
+        raise DeliveryError((f"sent to its {' and '.join(sent)}, but " if sent else "") + "; ".join(failures))
+    log.info("request %s: a fresh link was sent to its %s", request_id, " and ".join(sent))
+    return {"request_id": request_id, "export_id": str(record["export_id"]), "sent_to": sent,
             "notification_id": notice["notification_id"], "link_expires_at": minted.expires_at}
 
 

@@ -77,7 +77,7 @@ def create_app() -> FastAPI:
         rows, error = _rows(state, account)
         html = _templates().get_template("exports.html").render(
             rows=rows, states=STATES, state=state or "", account=account or "", error=error,
-            notice=_read_notice(notice), may_edit=_may_edit(user), csrf=_csrf_token(user), user=user.get_name(),
+            notice=_read_notice(notice), may_edit=_may_edit(user), csrf=_csrf_token(user),
             filters={"state": state or "", "account": account or ""})
         return HTMLResponse(html, headers=_NO_STORE)
 
@@ -202,6 +202,11 @@ def _act(request: Request, form: ActionForm, action) -> Response:
         outcome, code = {"ok": True, "message": message}, status.HTTP_200_OK
     except ActionRefused as exc:
         outcome, code = {"ok": False, "message": str(exc)}, exc.status_code
+    except Exception as exc:  # noqa: BLE001 (the user gets a sentence; the API server's log keeps the traceback)
+        log.exception("an action of the Exports page failed")
+        outcome = {"ok": False, "message": f"the action failed ({type(exc).__name__}): the API server's log has "
+                                           "the details; the list below shows what it changed, if anything"}
+        code = status.HTTP_500_INTERNAL_SERVER_ERROR
     if "application/json" in request.headers.get("accept", ""):
         return JSONResponse({"detail": outcome["message"]} if not outcome["ok"] else outcome, status_code=code)
     query = {name: value for name, value in (("state", form.state), ("account", form.account)) if value}

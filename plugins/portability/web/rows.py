@@ -86,7 +86,7 @@ def request_row(row: dict, progress: dict[str, dict] | None = None) -> RequestRo
         one_person=bool(row.get("data_subject")), requested_by=row.get("requested_by") or "",
         requested_at=instant(row.get("requested_at")), deadline_at=instant(row.get("deadline_at")),
         overdue=bool(row.get("overdue")), due_soon=bool(row.get("due_soon")),
-        export_id=str(export_id) if export_id not in (None, "None") else None, dag_run_id=row.get("dag_run_id"),
+        export_id=str(export_id) if export_id else None, dag_run_id=row.get("dag_run_id"),
         bytes=row.get("bytes"), counts=counts(row.get("counts")), reason=reason,
         progress=tuple(CategoryProgress(category=name, rows_done=p["rows_done"], rows_estimated=p["rows_estimated"],
                                         pieces_done=p["pieces_done"], pieces_total=p["pieces_total"])
