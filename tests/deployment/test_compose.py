@@ -154,6 +154,10 @@ def test_init_creates_the_source_pool_and_the_buckets(compose):
     assert 'airflow pools set portability_source "${SOURCE_POOL_SLOTS}"' in script  # $$ is Compose's escaped $
     assert init["environment"]["SOURCE_POOL_SLOTS"] == "2"
     assert "create_bucket" in script
+    # The script is valid bash, and the Python it feeds through a here-document is valid Python.
+    assert subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True).returncode == 0
+    python = re.search(r"<<'PY'\n(.*?)^\s*PY$", script, flags=re.S | re.M).group(1)
+    compile(python, "airflow-init", "exec")
 
 
 @pytest.mark.skipif(not shutil.which("docker") or subprocess.run(["docker", "compose", "version"],
