@@ -69,6 +69,9 @@ def test_shards_spread_over_two_workers_and_survive_losing_one(edge_airflow, api
             run_id = trigger(api)
             killed = kill_mid_shard(api, run_id, worker_b)
             lost_one = finish(api, store, run_id)
+            # The API server lists the killed worker as lost (no heartbeat for 5 intervals), the other as alive.
+            workers = airflow_local.edge_workers(edge_airflow)
+            assert workers["worker-b"] == "unknown" and workers["worker-a"] in ("idle", "running"), workers
 
     retried = [try_ for try_ in shard_tries(api, lost_one.run_id) if try_["map_index"] == killed]
     assert [(t["hostname"], t["state"]) for t in retried] == [("worker-b", "failed"), ("worker-a", "success")]
