@@ -190,8 +190,7 @@ def running_airflow(store_env: dict[str, str], *, database: str = "airflow_stand
         log_path = home / "standalone.log"
         with open(log_path, "w") as log:
             parts = [_start_standalone(env, log)] if executor == "LocalExecutor" else _start_central_parts(env, log)
-        for part in parts:
-            stack.callback(stop, part)
+        stack.callback(stop_all, parts)
         process = parts[0]
         airflow = RunningAirflow(base_url=f"http://127.0.0.1:{api_port}", port=api_port, username=USERNAME,
                                  password=password, env=env, home=home, log_path=log_path, process=process)
@@ -235,6 +234,15 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     # Workers the executor started may outlive the parent: stop whatever still runs in the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def stop_all(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    """`stop` each, having told them all to stop first: they shut down side by side, not one after another."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        stop(process, timeout)
 
 
 def wait_until_ready(airflow: RunningAirflow, dag_ids: tuple[str, ...], timeout: float) -> None:
