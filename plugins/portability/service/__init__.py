@@ -305,6 +305,52 @@ def link(export_id: str, expires_in_hours: int = 72, *, request_id: str | None =
     return minted
 
 
+def send_fresh_link(request_id: str) -> dict:
+    """Mint a fresh link to a served request's archive and send it again on the requester's own channels (the
+    privacy team's "send a fresh link"); returns where it went, never the link, nor the addresses.
+
+    The notice is `export.ready` again, with a notification id of its own: a receiver that drops repeats of the
+    first notice takes this one. Sending is not queued in the outbox: the person who asked is told at once
+    whether it went out, and asks again if not.
+    """
+    import uuid
+
+    from portability.resources.delivery import DeliveryError, post_webhook, ready_notice, send_email
+
+    export.check_export_id(request_id, "request id")
+    with ledger.connect() as conn:
+        request = ledger.request_channels(conn, request_id)
+        if request["state"] not in ("ready", "delivered"):
+            raise export.ExportError(f"request {request_id} is {request['state']}: only a ready or delivered "
+                                     "request's archive can be sent again")
+        channels = [name for name, field in (("email", "notify_email"), ("webhook", "webhook_url")) if request[field]]
+        if not channels:
+            raise RequestError(f"request {request_id} names no email and no webhook to send a link to: hand one "
+                               f"over with 'portability link {request_id}'")
+        record = ledger.export_record(conn, str(request["export_id"]))
+        minted = _link(record, request["expires_in_hours"])
+        notice = ready_notice({"notification_id": str(uuid.uuid4()), "request_id": request_id},
+                              _summary_of(record).to_xcom(), minted)
+        sent, failures = [], []
+        for channel, send in (("email", lambda: send_email(request["notify_email"], notice)),
+                              ("webhook", lambda: post_webhook(request["webhook_url"], notice))):
+            if channel not in channels:
+                continue
+            try:
+                send()
+            except DeliveryError as exc:
+                failures.append(str(exc))
+                continue
+            sent.append(channel)
+        if sent:
+            ledger.delivered(conn, request_id, minted.expires_at)
+    if failures:
+        raise DeliveryError((f"sent to its {' and '.join(sent)}, but " if sent else "") + "; ".join(failures))
+    log.info("request %s: a fresh link was sent to its %s", request_id, " and ".join(sent))
+    return {"request_id": request_id, "export_id": str(record["export_id"]), "sent_to": sent,
+            "notification_id": notice["notification_id"], "link_expires_at": minted.expires_at}
+
+
 def _link(record: dict, hours: int) -> export.Link:
     if record["state"] == "expired":
         raise export.ExportError(
@@ -378,6 +424,12 @@ def request_list(state: str | None = None, account_id: str | None = None) -> lis
     """Every request in the ledger (newest first), optionally of one state or account."""
     with ledger.connect() as conn:
         return _report_rows(ledger.requests(conn, state, account_id))
+
+
+def export_progress(export_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """The progress of exports under way, per export and category (rows and pieces done of the estimate)."""
+    with ledger.connect() as conn:
+        return {export_id: ledger.progress(conn, export_id) for export_id in export_ids}
 
 
 def _report_rows(rows: list[dict]) -> list[dict]:
