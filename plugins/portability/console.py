@@ -6,7 +6,8 @@
 On a terminal, a bar (`rich.progress`) that goes away when the command ends, so that only its
 result stays on the screen. When stderr is not a terminal (a log file, a CI job), a plain line
 at most every `interval` seconds (10 by default, `PORTABILITY_PROGRESS_SECONDS`) and one at the
-end of a success: a failure ends with its one error message instead. `--quiet` shows nothing.
+end of each stage of a success (verify downloads, then checks): a failure ends with its one
+error message instead. `--quiet` shows nothing.
 stdout (the link, the JSON) is never touched.
 """
 
@@ -67,6 +68,8 @@ class ProgressOutput:
         with self._lock:
             now = time.monotonic()
             if stage != self._stage:
+                if self._stage is not None and self._bar is None:  # a stage ended: say so, as at the end
+                    self._print(self._done_line(now))
                 self._stage, self._stage_started = stage, now
                 if self._bar is not None:
                     if self._task is not None:
@@ -84,9 +87,7 @@ class ProgressOutput:
         if self.quiet or self.terminal or self._stage is None:
             return
         with self._lock:
-            elapsed = time.monotonic() - self._stage_started
-            self._print(f"portability {self.command}: {self._stage} done: {_amount(self._done, self.unit)} in "
-                        f"{elapsed:.1f} s ({self._rate_text(time.monotonic())})")
+            self._print(self._done_line(time.monotonic()))
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
@@ -98,6 +99,10 @@ class ProgressOutput:
 
     def _rate_text(self, now: float) -> str:
         return f"{_count(self._rate(now), self.unit)} {'MB' if self.unit == 'bytes' else self.unit}/s"
+
+    def _done_line(self, now: float) -> str:
+        return (f"portability {self.command}: {self._stage} done: {_amount(self._done, self.unit)} in "
+                f"{now - self._stage_started:.1f} s ({self._rate_text(now)})")
 
     def _line(self, now: float) -> str:
         of = ""

@@ -83,7 +83,7 @@ def test_verify_shows_progress_without_changing_its_report(seeded, tmp_path):
     piped = portability_cli("verify", exported["url"], env={"PORTABILITY_PROGRESS_SECONDS": "0.01"})
     assert piped.stdout.startswith(f"OK: export {exported['export_id']} of account {ACCOUNT}")
     lines = [line for line in piped.stderr.splitlines() if line.startswith("portability verify:")]
-    assert any(line.startswith("portability verify: downloading") for line in lines), piped.stderr
+    assert [line for line in lines if line.startswith("portability verify: downloading done: ")], piped.stderr
     assert lines[-1].startswith("portability verify: checking done: "), piped.stderr
     assert "X-Amz-Signature" not in piped.stderr
 
