@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from portability.pipeline import export
 from portability.pipeline.model import Plan, Summary
-from portability.pipeline.progress import Report
+from portability.pipeline.progress import CategoryProgress, Report
 from portability.records.schemas import SchemaSet
 from portability.resources import config, keys, ledger
 from portability.service.request import RequestError, export_id_for_run, parse_request
@@ -37,8 +37,9 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
 
     If an export of the account that covers the request is already under way and alive, this joins it
     and waits for its archive instead of doing the work twice; if that one dies, this takes over.
-    `on_progress` hears, in words, when this waits on another export; `watch` hears how far this
-    process's export has got, about twice a second (the command's progress bar).
+    `on_progress` hears, in words, when this waits on another export; `watch` hears how far the
+    export has got (the command's progress bar): this process's about twice a second, the one it
+    waits on as the ledger records it.
     """
     request = parse_request(conf, SchemaSet())
     requester = request.requester()
@@ -53,7 +54,7 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
             return _export_in_process(options, export_id, lease, watch), request_id
         if on_progress:
             on_progress(f"export {export_id} of this account is under way: waiting for its archive")
-        summary = _wait_for(export_id, lease)
+        summary = _wait_for(export_id, lease, watch)
         if summary is not None:
             return summary, request_id
         # It died: place the request again (it is moved to the export that replaces it, perhaps this one).
@@ -107,13 +108,22 @@ def _renewing(export_id: str, lease: timedelta) -> Iterator[None]:
         renewer.join()
 
 
-def _wait_for(export_id: str, lease: timedelta) -> dict | None:
-    """The summary of another process's export once it is published; None if it died first."""
+def _wait_for(export_id: str, lease: timedelta, watch: Callable[[Report], None] | None = None) -> dict | None:
+    """The summary of another process's export once it is published; None if it died first.
+
+    `watch` hears that export's progress as the ledger has it.
+    """
     import time
 
+    started = time.monotonic()
     while True:
         with ledger.connect() as conn:
             record = ledger.export_record(conn, export_id)
+            recorded = ledger.progress(conn, export_id) if watch else {}
+        if watch and recorded:
+            watch(Report(f"export {export_id}", time.monotonic() - started, tuple(
+                CategoryProgress(category, row["rows_done"], row["rows_estimated"], row["pieces_done"],
+                                 row["pieces_total"]) for category, row in recorded.items())))
         if record["state"] in ("ready", "delivered"):
             return _summary_of(record)
         if record["state"] in ("failed", "cancelled", "expired"):
