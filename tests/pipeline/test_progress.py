@@ -152,6 +152,10 @@ def test_the_steps_of_a_sharded_run_log_and_record_each_shard(seeded, store_env,
     with pytest.raises(export.NeedsShards):
         export.export_in_process(plan, unless_sharded=True)
     snapshot = export.take_snapshot(plan)
+    with ledger.connect() as conn:  # staged, before any shard: the Exports page shows the staging
+        staged = ledger.progress(conn, plan.export_id)
+    assert {category: row["stage"] for category, row in staged.items()} == dict.fromkeys(plan.categories, "staging")
+    assert all(row["rows_done"] == row["rows_estimated"] > 0 for row in staged.values())
     shards = export.shards(plan, snapshot)
     assert len(shards) > len(plan.categories)
     results = [export.export_shard(plan, snapshot, shard) for shard in shards]
@@ -167,7 +171,8 @@ def test_the_steps_of_a_sharded_run_log_and_record_each_shard(seeded, store_env,
     assert ends[-1].startswith(f"{prefix}: packaging: done in ")
     with ledger.connect() as conn:
         recorded = ledger.progress(conn, plan.export_id)
-    assert set(recorded) == set(plan.categories)
+    assert {category: row["stage"] for category, row in recorded.items()} == dict.fromkeys(plan.categories,
+                                                                                          "exporting")
     for category, counts in summary.counts.items():
         rows = counts["exported"] + counts["quarantined"]
         assert (recorded[category]["rows_done"], recorded[category]["rows_estimated"]) == (rows, rows)

@@ -373,7 +373,23 @@ def test_progress_sums_the_parts_of_a_category_and_a_retried_part_overwrites_its
                            pieces_total=None)
     progress = ledger.progress(conn, export_id)
     assert {category: {k: v for k, v in row.items() if k != "updated_at"} for category, row in progress.items()} == {
-        "contacts": {"rows_done": 350, "rows_estimated": 1000, "pieces_done": 3, "pieces_total": 10},
-        "lists": {"rows_done": 3, "rows_estimated": None, "pieces_done": 0, "pieces_total": None},
+        "contacts": {"stage": "exporting", "rows_done": 350, "rows_estimated": 1000, "pieces_done": 3,
+                     "pieces_total": 10},
+        "lists": {"stage": "exporting", "rows_done": 3, "rows_estimated": None, "pieces_done": 0,
+                  "pieces_total": None},
     }
     assert ledger.progress(conn, str(uuid.uuid4())) == {}
+
+
+def test_a_category_shows_its_staging_until_a_shard_of_it_reports(conn):
+    from portability.resources import ledger
+
+    export_id = ledger.submit(conn, _request(_account()), requested_by="someone").export_id
+    for category in ("contacts", "events"):
+        ledger.record_progress(conn, export_id, category, part=ledger.STAGING_PART, rows_done=900,
+                               rows_estimated=1000, pieces_done=9, pieces_total=10)
+    ledger.record_progress(conn, export_id, "contacts", part="contacts 1-5", rows_done=20, rows_estimated=500,
+                           pieces_done=0, pieces_total=5)
+    shown = {category: (row["stage"], row["rows_done"], row["rows_estimated"])
+             for category, row in ledger.progress(conn, export_id).items()}
+    assert shown == {"contacts": ("exporting", 20, 500), "events": ("staging", 900, 1000)}

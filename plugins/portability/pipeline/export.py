@@ -87,11 +87,14 @@ def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | N
     has the bucket and snapshot instant), so that one process can export pieces while the
     others are still being read. With the `progress` of a step that also exports the pieces,
     staging only adds its time to it (the rows count once exported); otherwise the staging keeps
-    its own, counting the rows staged, in the log only (the shards' tasks record theirs).
+    its own, counting the rows staged, in the log and in the ledger under the part "staging" (the Exports
+    page shows it until the category's shards report theirs).
     """
     if progress is not None:
         return _take_snapshot(plan, on_piece, on_open, progress, count=False)
-    with Progress(f"export {plan.export_id}: staging", export_id=plan.export_id, record=False) as staging:
+    from portability.resources.ledger import STAGING_PART
+
+    with Progress(f"export {plan.export_id}: staging", export_id=plan.export_id, part=STAGING_PART) as staging:
         return _take_snapshot(plan, on_piece, on_open, staging, count=True)
 
 

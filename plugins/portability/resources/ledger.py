@@ -650,16 +650,24 @@ def record_progress(conn, export_id: str, category: str, *, part: str = "", rows
             (export_id, category, part, rows_done, rows_estimated, pieces_done, pieces_total))
 
 
+# The part under which an export staged for its shards records the rows staged. A category's staging rows show
+# only until its first shard reports: the shards then count the same rows again, as exported.
+STAGING_PART = "staging"
+
+
 def progress(conn, export_id: str) -> dict[str, dict]:
     """Per category, the rows and pieces done of the estimate, summed over its parts (an estimate is None while
-    any part has none)."""
+    any part has none), and its `stage`: "staging" until a shard of it reports, then "exporting"."""
     rows = conn.execute(
-        "SELECT category, sum(rows_done)::bigint AS rows_done, "
+        "WITH parts AS (SELECT *, bool_or(part <> %(staging)s) OVER (PARTITION BY category) AS exporting "
+        "  FROM export_progress WHERE export_id = %(export_id)s) "
+        "SELECT category, CASE WHEN bool_or(exporting) THEN 'exporting' ELSE 'staging' END AS stage, "
+        "sum(rows_done)::bigint AS rows_done, "
         "CASE WHEN bool_and(rows_estimated IS NOT NULL) THEN sum(rows_estimated)::bigint END AS rows_estimated, "
         "sum(pieces_done)::integer AS pieces_done, "
         "CASE WHEN bool_and(pieces_total IS NOT NULL) THEN sum(pieces_total)::integer END AS pieces_total, "
-        "max(updated_at) AS updated_at FROM export_progress WHERE export_id = %s GROUP BY category "
-        "ORDER BY category", (export_id,)).fetchall()
+        "max(updated_at) AS updated_at FROM parts WHERE part <> %(staging)s OR NOT exporting GROUP BY category "
+        "ORDER BY category", {"export_id": export_id, "staging": STAGING_PART}).fetchall()
     return {row.pop("category"): row for row in rows}
 
 

@@ -29,6 +29,7 @@ class CategoryProgress:
     rows_estimated: int | None
     pieces_done: int
     pieces_total: int | None
+    stage: str = "exporting"  # "staging": a big account's rows read into staging, before its shards export them
 
     @property
     def percent(self) -> int | None:
@@ -89,7 +90,8 @@ def request_row(row: dict, progress: dict[str, dict] | None = None) -> RequestRo
         export_id=str(export_id) if export_id else None, dag_run_id=row.get("dag_run_id"),
         bytes=row.get("bytes"), counts=counts(row.get("counts")), reason=reason,
         progress=tuple(CategoryProgress(category=name, rows_done=p["rows_done"], rows_estimated=p["rows_estimated"],
-                                        pieces_done=p["pieces_done"], pieces_total=p["pieces_total"])
+                                        pieces_done=p["pieces_done"], pieces_total=p["pieces_total"],
+                                        stage=p.get("stage", "exporting"))
                        for name, p in sorted((progress or {}).items())))
 
 
