@@ -70,13 +70,16 @@ def _export_in_process(options: dict, export_id: str, lease: timedelta) -> dict:
 
 
 def _record_failure(export_id: str, exc: BaseException) -> None:
-    """The export failed: say so in the ledger, unless the ledger is what failed (the first error is what counts)."""
+    """The export failed: say so in the ledger and tell its requesters and the privacy team, unless the ledger is
+    what failed (the first error is what counts)."""
     try:
         with ledger.connect() as conn:
             ledger.fail(conn, export_id, f"{type(exc).__name__}: {exc}")
     except Exception as ledger_exc:  # noqa: BLE001
         log.warning("could not record the failure of export %s in the ledger (%s); its lease runs out instead",
                     export_id, type(ledger_exc).__name__)
+        return
+    tell_failed(export_id)
 
 
 @contextmanager
@@ -234,16 +237,121 @@ def plan_from_xcom(value: dict) -> Plan:
 
 def cancel(request_id: str) -> dict:
     """Withdraw a request; if nobody else waits for its export, the export is cancelled (its run stops at its next
-    step, or the caller stops the DAG run)."""
+    step, or the caller stops the DAG run). The requester is told on their channels (export.cancelled); a channel
+    that fails is recorded on the request and tried again by the cleanup DAG, and never undoes the cancel."""
+    from portability.resources.delivery import CANCELLED
+
     export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
-        return ledger.cancel(conn, request_id)
+        result = ledger.cancel(conn, request_id)
+        ledger.queue_notifications(conn, result["export_id"], CANCELLED, request_id=request_id)
+    told = send_notices(result["export_id"], CANCELLED)
+    return {**result, "requester_told": told["notified"] > 0}
 
 
-def fail(dag_id: str, run_id: str, error: str) -> None:
-    """A task of the run failed for good: the export and its requests are marked failed, with why."""
+def fail(dag_id: str, run_id: str, error: str) -> dict:
+    """A task of the run failed for good: the export and its requests are marked failed, with why, and each
+    requester and the privacy team are told (once per request, however many tasks fail or callbacks repeat)."""
+    export_id = export_id_for_run(dag_id, run_id)
     with ledger.connect() as conn:
-        ledger.fail(conn, export_id_for_run(dag_id, run_id), error)
+        ledger.fail(conn, export_id, error)
+    return tell_failed(export_id)
+
+
+def tell_failed(export_id: str) -> dict:
+    """export.failed to each failed request's channels and one email per failed request to the privacy team.
+
+    Queued in the outbox first: the notifications table's (request, event) uniqueness makes a repeated call (a
+    second failed task, a retried callback) send nothing twice. A send that fails is logged and left in the
+    outbox for the cleanup DAG's sweep; it never raises, so the failure being reported stays the one that counts.
+    """
+    from portability.resources.delivery import FAILED, PRIVACY_FAILED
+
+    team = config.privacy_team_email()
+    try:
+        with ledger.connect() as conn:
+            ledger.queue_notifications(conn, export_id, FAILED)
+            if team:
+                ledger.queue_notifications(conn, export_id, PRIVACY_FAILED)
+            else:
+                log.warning("export %s failed and PORTABILITY_PRIVACY_EMAIL is not set: the privacy team is not "
+                            "emailed", export_id)
+        told = send_notices(export_id, FAILED)
+        team_told = send_notices(export_id, PRIVACY_FAILED)
+    except Exception as exc:  # noqa: BLE001 (the ledger failed too: the failure itself is what is reported)
+        log.warning("could not tell the requesters of failed export %s (%s)", export_id, type(exc).__name__)
+        return {"notified": 0, "privacy_team_told": 0, "failures": [type(exc).__name__]}
+    return {"notified": told["notified"], "privacy_team_told": team_told["notified"],
+            "failures": told["failures"] + team_told["failures"]}
+
+
+def send_notices(export_id: str, event: str) -> dict:
+    """Send the export's queued notifications of a failed or cancelled event; returns how many were sent and the
+    failures (logged, not raised: the notices stay in the outbox for the next sweep)."""
+    from portability.resources.delivery import (
+        PRIVACY_FAILED,
+        DeliveryError,
+        cancelled_notice,
+        failed_notice,
+        post_webhook,
+        send_email,
+        send_privacy_failure,
+    )
+
+    with ledger.connect() as conn:
+        record = ledger.export_record(conn, export_id)
+
+        def send(notification: dict) -> None:
+            if event == PRIVACY_FAILED:
+                team = config.privacy_team_email()
+                if not team:
+                    raise DeliveryError("the privacy team's email is not set: set PORTABILITY_PRIVACY_EMAIL")
+                send_privacy_failure(team, notification, record)
+                return
+            notice = failed_notice(notification, record) if notification["event"] == "export.failed" \
+                else cancelled_notice(notification)
+            if notification["notify_email"]:
+                send_email(notification["notify_email"], notice)
+            if notification["webhook_url"]:
+                post_webhook(notification["webhook_url"], notice)
+
+        told, failures = _drain_outbox(conn, export_id, event, send)
+    for failure in failures:
+        log.warning("%s notice not sent (it stays in the outbox): %s", event, failure)
+    return {"notified": told, "failures": failures}
+
+
+def send_pending_notices() -> dict:
+    """The outbox sweep (the cleanup DAG): every failed or cancelled notice a failed attempt left unsent."""
+    from portability.resources.delivery import CANCELLED, FAILED, PRIVACY_FAILED
+
+    with ledger.connect() as conn:
+        pending = ledger.unsent_notices(conn, (FAILED, CANCELLED, PRIVACY_FAILED))
+    sent, failures = 0, []
+    for export_id, event in pending:
+        result = send_notices(export_id, event)
+        sent, failures = sent + result["notified"], failures + result["failures"]
+    return {"notified": sent, "failures": len(failures)}
+
+
+def _drain_outbox(conn, export_id: str, event: str, send: Callable[[dict], str | None]) -> tuple[int, list[str]]:
+    """Claim, send and record each unsent notification of `event` for the export; `send` returns the link's expiry
+    for export.ready. A channel's failure is recorded on the request and the notification released."""
+    from portability.resources.delivery import DeliveryError
+
+    told, failures, tried = 0, [], []
+    while (notification := ledger.claim_notification(conn, export_id, NOTIFICATION_CLAIM, tried,
+                                                     event)) is not None:
+        tried.append(notification["notification_id"])
+        try:
+            expires_at = send(notification)
+        except (DeliveryError, export.ExportError) as exc:
+            ledger.notification_failed(conn, notification, str(exc))
+            failures.append(f"request {notification['request_id']}: {exc}")
+            continue
+        ledger.notification_sent(conn, notification, expires_at)
+        told += 1
+    return told, failures
 
 
 # How long a sender holds a notification before another may send it (a killed sender's claim runs out).
@@ -266,23 +374,17 @@ def deliver(summary: Summary) -> dict:
         ledger.finish(conn, summary.to_xcom(), config.retention())
         ledger.queue_notifications(conn, summary.export_id)
         record = ledger.export_record(conn, summary.export_id)
-        told, failures, tried = 0, [], []
-        while (notification := ledger.claim_notification(conn, summary.export_id, NOTIFICATION_CLAIM,
-                                                         tried)) is not None:
-            tried.append(notification["notification_id"])
-            try:
-                link = _link(record, notification["expires_in_hours"])
-                notice = ready_notice(notification, summary.to_xcom(), link)
-                if notification["notify_email"]:
-                    send_email(notification["notify_email"], notice)
-                if notification["webhook_url"]:
-                    post_webhook(notification["webhook_url"], notice)
-            except (DeliveryError, export.ExportError) as exc:
-                ledger.notification_failed(conn, notification, str(exc))
-                failures.append(f"request {notification['request_id']}: {exc}")
-                continue
-            ledger.notification_sent(conn, notification, link.expires_at)
-            told += 1
+
+        def send(notification: dict) -> str:
+            link = _link(record, notification["expires_in_hours"])
+            notice = ready_notice(notification, summary.to_xcom(), link)
+            if notification["notify_email"]:
+                send_email(notification["notify_email"], notice)
+            if notification["webhook_url"]:
+                post_webhook(notification["webhook_url"], notice)
+            return link.expires_at
+
+        told, failures = _drain_outbox(conn, summary.export_id, "export.ready", send)
     if failures:
         raise DeliveryError("; ".join(failures))
     return {"notified": told}
@@ -402,6 +504,8 @@ def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = No
         if reaped:
             log.warning("%d export(s) under way had died and are now marked failed: %s", len(reaped),
                         ", ".join(reaped))
+        for export_id in reaped:  # failed for good: their requesters and the privacy team are told
+            tell_failed(export_id)
         rows = ledger.overdue_or_due(conn, timedelta(days=within_days))
         with conn.transaction():  # a failed email raises, the claims roll back and the next run tries again
             fresh = ledger.claim_deadline_alerts(conn, [row["request_id"] for row in rows], DEADLINE_ALERT_QUIET) \
@@ -409,4 +513,6 @@ def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = No
             if fresh:
                 send_deadline_alert(to, _report_rows(rows), within_days)
     overdue = sum(1 for row in rows if row["overdue"])
-    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh), "abandoned": len(reaped)}
+    resent = send_pending_notices()  # what a failed email or webhook left in the outbox
+    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh), "abandoned": len(reaped),
+            "notices_resent": resent["notified"]}
