@@ -543,12 +543,13 @@ def notification_sent(conn, notification: dict, link_expires_at: str | None = No
 
 def notification_failed(conn, notification: dict, error: str) -> None:
     """Released for the next attempt (the task's retry, the cleanup DAG's sweep), with the error kept on the
-    request."""
+    request when it was the requester's notice."""
     with conn.transaction():
         conn.execute("UPDATE notifications SET claimed_until = NULL, last_error = %s WHERE notification_id = %s",
                      (error[:2000], notification["notification_id"]))
-        conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
-                     (error[:2000], notification["request_id"]))
+        if notification["event"] not in TEAM_EVENTS:
+            conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
+                         (error[:2000], notification["request_id"]))
 
 
 def unsent_notices(conn, events: tuple[str, ...]) -> list[tuple[str, str]]:
