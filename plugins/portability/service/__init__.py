@@ -206,15 +206,56 @@ def replace_dead(request_id: str, run_state: ledger.RunState | None) -> dict | N
         return ledger.replace_dead(conn, request_id, run_state)
 
 
-def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None) -> Plan:
+def run_note(account_id: str | None, requested_by: str | None, *, request_id: str | None = None,
+             data_subject: bool = False, refused: str | None = None) -> str:
+    """A DAG run's note, which the Airflow UI shows in the run list and the run's details: whose export it is and
+    who asked (never the data subject's address, only that there is one), or why the request was refused."""
+    parts = [f"account {account_id}" if account_id else "no valid account",
+             f"requested by {requested_by}" if requested_by else "requester not given"]
+    if data_subject:
+        parts.append("one person's data")
+    if request_id:
+        parts.append(f"request {request_id}")
+    if refused:
+        parts.append(f"refused: {refused}")
+    from portability.resources.airflow_api import MAX_NOTE
+
+    return " · ".join(parts)[:MAX_NOTE]
+
+
+def airflow_requester(conf: dict, triggering_user: str | None) -> str:
+    """Who asked for a run triggered in Airflow: the conf's requested_by if it is a valid one, else the Airflow user
+    who triggered it."""
+    asked = conf.get("requested_by")
+    if isinstance(asked, str) and 0 < len(asked) <= 200 and asked.isprintable():
+        return asked
+    return f"Airflow user {triggering_user}" if triggering_user else "airflow"
+
+
+def well_formed_account(conf: dict) -> str | None:
+    """The conf's account id if it is a valid one (only such an id is written into a note or a refusal's record)."""
+    import re
+
+    account = conf.get("account_id")
+    return account if isinstance(account, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", account) else None
+
+
+def conf_names(conf: dict, triggering_user: str | None) -> tuple[str | None, str]:
+    """(account, requester) of a run's conf, as its note and a refusal's record name them."""
+    return well_formed_account(conf), airflow_requester(conf, triggering_user)
+
+
+def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None, *,
+          triggering_user: str | None = None) -> Plan:
     """The first task of a run: the plan, with "joined" set if another live export of the account already serves
-    it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters."""
+    it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters.
+    `triggering_user`: the Airflow user who triggered the run, the requester when the conf names none."""
     request = parse_request(conf, SchemaSet())
     plan = export.plan(conf, export_id_for_run(dag_id, run_id))
     requester = request.requester()
     with ledger.connect() as conn:
         outcome = ledger.begin(conn, {"export_id": plan.export_id, **plan.options()}, run_id,
-                               requested_by=requester["requested_by"] or "airflow",
+                               requested_by=airflow_requester(requester, triggering_user),
                                notify_email=requester["notify_email"], webhook_url=requester["webhook_url"],
                                run_state=run_state)
     widened = {name: tuple(outcome[name]) for name in ("categories", "formats") if name in outcome}
@@ -274,8 +315,8 @@ def tell_failed(export_id: str) -> dict:
             if team:
                 ledger.queue_notifications(conn, export_id, PRIVACY_FAILED)
             else:
-                log.warning("export %s failed and PORTABILITY_PRIVACY_EMAIL is not set: the privacy team is not "
-                            "emailed", export_id)
+                log.info("export %s failed and PORTABILITY_PRIVACY_EMAIL is not set: the privacy team is not "
+                         "emailed", export_id)
         told = send_notices(export_id, FAILED)
         team_told = send_notices(export_id, PRIVACY_FAILED)
     except Exception as exc:  # noqa: BLE001 (the ledger failed too: the failure itself is what is reported)
@@ -316,8 +357,8 @@ def send_notices(export_id: str, event: str) -> dict:
                 post_webhook(notification["webhook_url"], notice)
 
         told, failures = _drain_outbox(conn, export_id, event, send)
-    for failure in failures:
-        log.warning("%s notice not sent (it stays in the outbox): %s", event, failure)
+    for failure in failures:  # recorded on the request too; info, so the command's failure stays its one line
+        log.info("%s notice not sent (it stays in the outbox for the cleanup DAG's sweep): %s", event, failure)
     return {"notified": told, "failures": failures}
 
 
