@@ -162,8 +162,8 @@ def email_of(notice: dict) -> tuple[str, str]:
                 f"<p>Request id: {request}</p>\n")
         return subject, body
     subject = f"Your data export request for account {notice['account_id']} was cancelled"
-    body = (f"<p>Your data export request for account <b>{account}</b> was cancelled on "
-            f"{html.escape(notice['cancelled_at'] or '')}. {html.escape(notice['message'])}</p>\n"
+    body = (f"<p>Our privacy team cancelled your data export request for account <b>{account}</b> on "
+            f"{html.escape(notice['cancelled_at'] or '')}: no archive will be sent for it.</p>\n"
             f"<p>If you did not expect this, contact us and quote request id {request}.</p>\n")
     return subject, body
 
