@@ -37,7 +37,8 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
     and waits for its archive instead of doing the work twice; if that one dies, this takes over.
     `on_progress` hears, in words, when this waits on another export.
     """
-    request = parse_request(conf, SchemaSet())
+    with refusals_recorded(conf, requested_by=requested_by):
+        request = parse_request(conf, SchemaSet())
     requester = request.requester()
     lease = config.export_lease()
     request_id = None
@@ -188,9 +189,12 @@ def submit(conf: dict, *, idempotency_key: str | None = None,
 
     `run_state` (a DAG run id's state, from Airflow) lets a dead DAG run's export be told from a live one.
     """
-    request = parse_request(conf, SchemaSet())
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200 and idempotency_key.isprintable()):
-        raise RequestError("invalid idempotency key: 1 to 200 printable characters")
+    key_valid = idempotency_key is None or (0 < len(idempotency_key) <= 200 and idempotency_key.isprintable())
+    with refusals_recorded(conf, requested_by="portability request",
+                           idempotency_key=idempotency_key if key_valid else None):
+        request = parse_request(conf, SchemaSet())
+        if not key_valid:
+            raise RequestError("invalid idempotency key: 1 to 200 printable characters")
     requester = request.requester()
     with ledger.connect() as conn:
         return ledger.submit(conn, request.to_dict(), requested_by=requester["requested_by"] or "portability request",
@@ -204,6 +208,37 @@ def replace_dead(request_id: str, run_state: ledger.RunState | None) -> dict | N
     export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
         return ledger.replace_dead(conn, request_id, run_state)
+
+
+@contextmanager
+def refusals_recorded(conf: object, *, requested_by: str, dag_run_id: str | None = None,
+                      idempotency_key: str | None = None) -> Iterator[None]:
+    """A request refused for its content (RequestError) in the block is recorded in the ledger, with its reason,
+    so that every request is on the privacy team's list, then the refusal goes on to the caller unchanged.
+
+    The reason is the RequestError's message, which never echoes a data subject's address; the account is
+    recorded only if it is a well-formed id, the requester only if the conf's is a valid one (else `requested_by`).
+    The same DAG run id or idempotency key records one refusal however often it is retried or replayed. If the
+    ledger cannot record it, that is logged: the refusal is still what the caller reports.
+    """
+    try:
+        yield
+    except RequestError as refusal:
+        fields = conf if isinstance(conf, dict) else {}
+        requester = airflow_requester(fields, None) if _valid_requester(fields) else requested_by
+        try:
+            with ledger.connect() as conn:
+                ledger.refuse(conn, reason=str(refusal), requested_by=requester,
+                              account_id=well_formed_account(fields), dag_run_id=dag_run_id,
+                              idempotency_key=idempotency_key)
+        except Exception as exc:  # noqa: BLE001 (the refusal is what counts; the ledger's failure is only logged)
+            log.warning("could not record the refused request in the ledger (%s)", type(exc).__name__)
+        raise
+
+
+def _valid_requester(conf: object) -> bool:
+    asked = conf.get("requested_by") if isinstance(conf, dict) else None
+    return isinstance(asked, str) and 0 < len(asked) <= 200 and asked.isprintable()
 
 
 def run_note(account_id: str | None, requested_by: str | None, *, request_id: str | None = None,
@@ -226,9 +261,8 @@ def run_note(account_id: str | None, requested_by: str | None, *, request_id: st
 def airflow_requester(conf: dict, triggering_user: str | None) -> str:
     """Who asked for a run triggered in Airflow: the conf's requested_by if it is a valid one, else the Airflow user
     who triggered it."""
-    asked = conf.get("requested_by")
-    if isinstance(asked, str) and 0 < len(asked) <= 200 and asked.isprintable():
-        return asked
+    if _valid_requester(conf):
+        return conf["requested_by"]
     return f"Airflow user {triggering_user}" if triggering_user else "airflow"
 
 
@@ -236,7 +270,7 @@ def well_formed_account(conf: dict) -> str | None:
     """The conf's account id if it is a valid one (only such an id is written into a note or a refusal's record)."""
     import re
 
-    account = conf.get("account_id")
+    account = conf.get("account_id") if isinstance(conf, dict) else None
     return account if isinstance(account, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", account) else None
 
 
@@ -250,8 +284,9 @@ def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | Non
     """The first task of a run: the plan, with "joined" set if another live export of the account already serves
     it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters.
     `triggering_user`: the Airflow user who triggered the run, the requester when the conf names none."""
-    request = parse_request(conf, SchemaSet())
-    plan = export.plan(conf, export_id_for_run(dag_id, run_id))
+    with refusals_recorded(conf, requested_by=airflow_requester(conf, triggering_user), dag_run_id=run_id):
+        request = parse_request(conf, SchemaSet())
+        plan = export.plan(conf, export_id_for_run(dag_id, run_id))
     requester = request.requester()
     with ledger.connect() as conn:
         outcome = ledger.begin(conn, {"export_id": plan.export_id, **plan.options()}, run_id,
@@ -340,9 +375,12 @@ def send_notices(export_id: str, event: str) -> dict:
     )
 
     with ledger.connect() as conn:
-        record = ledger.export_record(conn, export_id)
+        records: list[dict] = []  # read once a notification is claimed: an export may have none (or not exist)
 
         def send(notification: dict) -> None:
+            if not records:
+                records.append(ledger.export_record(conn, export_id))
+            record = records[0]
             if event == PRIVACY_FAILED:
                 team = config.privacy_team_email()
                 if not team:
