@@ -208,9 +208,10 @@ def cmd_requests(args) -> int:
         flag = "OVERDUE" if row["overdue"] else "due" if row["due_soon"] else ""
         what = "one person" if row["data_subject"] else "account"
         size = f"{row['bytes']} bytes" if row["bytes"] is not None else ""
+        why = row["refused_reason"] or row["error"]  # a refused request has no export, so no error of one
         print(f"{row['requested_at'][:16]}  {row['state']:9} {flag:7} deadline {row['deadline_at'][:10]}  "
-              f"{row['account_id']:20} {what:10} by {row['requested_by'][:30]:30} request {row['request_id']}  "
-              f"{size}{'  ' + row['error'][:120] if row['error'] else ''}")
+              f"{row['account_id'] or '(no account)':20} {what:10} by {row['requested_by'][:30]:30} "
+              f"request {row['request_id']}  {size}{'  ' + why[:120] if why else ''}")
     print(f"{len(rows)} request(s)", file=sys.stderr)
     return 0
 

@@ -36,3 +36,21 @@ def test_the_requests_command_lists_every_request_of_an_account_with_its_state_a
     refused = portability_cli("requests", "--state", "done", check=False)
     assert refused.returncode == 2 and "unknown state 'done'" in refused.stderr
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_refused_request_is_listed_with_its_reason_with_or_without_an_account(store_env):
+    from portability.resources import ledger
+
+    account = f"listing-{uuid.uuid4().hex[:10]}"
+    reason = "invalid export request: field 'formats[0]': 'pdf' is not one of ['csv', 'jsonl', 'parquet']"
+    with ledger.connect() as conn:
+        request_id = ledger.refuse(conn, reason=reason, requested_by="support", account_id=account)
+        nameless = ledger.refuse(conn, reason="invalid export request: field 'account_id' is required",
+                                 requested_by="support")
+
+    [row] = json.loads(portability_cli("requests", "--account", account, "--json").stdout)
+    assert (row["request_id"], row["state"], row["export_id"], row["refused_reason"]) == (
+        request_id, "refused", None, reason)
+    text = portability_cli("requests", "--state", "refused").stdout
+    assert f"request {request_id}" in text and "'pdf' is not one of" in text
+    assert any(f"request {nameless}" in line and "(no account)" in line for line in text.splitlines())

@@ -326,3 +326,54 @@ def test_the_request_list_holds_every_request_newest_first_filtered_by_state_and
     assert not {r["state"] for r in ledger.requests(conn, state="delivered")} - {"delivered"}
     with pytest.raises(ledger.LedgerError, match="unknown state 'done'"):
         ledger.requests(conn, state="done")
+
+
+def test_a_refused_request_is_listed_with_its_reason_once_per_run_and_never_cancelled(conn):
+    from portability.resources import ledger
+
+    account, run_id = _account(), f"manual__{uuid.uuid4()}"
+    reason = "invalid export request: field 'until' (2025-01-01T00:00:00.000000Z) must be after 'since'"
+    first = ledger.refuse(conn, reason=reason, requested_by="airflow", account_id=account, dag_run_id=run_id)
+    again = ledger.refuse(conn, reason=reason, requested_by="airflow", account_id=account, dag_run_id=run_id)
+    assert again == first  # a retried refusing task is the same request
+    nameless = ledger.refuse(conn, reason="invalid export request: field 'account_id' is required",
+                             requested_by="portability request")
+
+    [row] = ledger.requests(conn, account_id=account)
+    assert (row["request_id"], row["state"], row["refused_reason"], row["dag_run_id"]) == (
+        uuid.UUID(first), "refused", reason, run_id)
+    assert row["export_id"] is None and not row["overdue"] and not row["due_soon"]
+    assert str(nameless) in {str(r["request_id"]) for r in ledger.requests(conn, state="refused")}
+    assert ledger.request_status(conn, first)["refused_reason"] == reason
+    assert first not in {str(r["request_id"]) for r in ledger.overdue_or_due(conn, timedelta(days=400))}
+    with pytest.raises(ledger.LedgerError, match="is refused"):
+        ledger.cancel(conn, first)
+
+
+def test_only_a_refused_request_goes_without_an_export(conn):
+    import psycopg
+
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO export_requests (request_id, requested_by, state, deadline_at) "
+                     "VALUES (%s, 'x', 'requested', now())", (uuid.uuid4(),))
+
+
+def test_progress_sums_the_parts_of_a_category_and_a_retried_part_overwrites_its_own(conn):
+    from portability.resources import ledger
+
+    submission = ledger.submit(conn, _request(_account()), requested_by="someone")
+    export_id = submission.export_id
+    ledger.record_progress(conn, export_id, "contacts", part="contacts-1", rows_done=100, rows_estimated=500,
+                           pieces_done=1, pieces_total=5)
+    ledger.record_progress(conn, export_id, "contacts", part="contacts-2", rows_done=40, rows_estimated=500,
+                           pieces_done=0, pieces_total=5)
+    ledger.record_progress(conn, export_id, "contacts", part="contacts-2", rows_done=250, rows_estimated=500,
+                           pieces_done=2, pieces_total=5)  # the retry of contacts-2, further on
+    ledger.record_progress(conn, export_id, "lists", rows_done=3, rows_estimated=None, pieces_done=0,
+                           pieces_total=None)
+    progress = ledger.progress(conn, export_id)
+    assert {category: {k: v for k, v in row.items() if k != "updated_at"} for category, row in progress.items()} == {
+        "contacts": {"rows_done": 350, "rows_estimated": 1000, "pieces_done": 3, "pieces_total": 10},
+        "lists": {"rows_done": 3, "rows_estimated": None, "pieces_done": 0, "pieces_total": None},
+    }
+    assert ledger.progress(conn, str(uuid.uuid4())) == {}

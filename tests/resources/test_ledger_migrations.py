@@ -150,9 +150,10 @@ def _connect(conninfo: str):
     return psycopg.connect(conninfo, row_factory=dict_row, autocommit=True)
 
 
-# 0002: one data subject's exports and the bounds on messages and events.
+# 0002: one data subject's exports and the bounds on messages and events. 0003: refused requests.
 ADDED_AFTER_0001 = {"exports": ("subject_email", "since", "until"),
-                    "export_request_status": ("subject_email", "since", "until")}
+                    "export_requests": ("refused_reason", "dag_run_id"),
+                    "export_request_status": ("subject_email", "since", "until", "refused_reason")}
 TABLES = {"exports": "export_id", "export_requests": "request_id", "export_schedules": "account_id",
           "notifications": "notification_id"}
 
@@ -290,9 +291,28 @@ def test_a_ledger_made_before_alembic_upgrades_without_losing_a_row_or_a_value(n
         after[name] = [row for row in after[name] if str(row["request_id"]) != added.request_id]
     assert _without_added_columns(after) == rows
     upgraded = _schema(conninfo)
-    assert set(schema["columns"]) <= set(upgraded["columns"])
-    assert {k: v for k, v in upgraded.items() if k not in ("columns", "views")} == {
-        k: v for k, v in schema.items() if k not in ("columns", "views")}
+    assert _as_of_0001(schema["columns"]) <= _as_of_0001(upgraded["columns"])
+    for kind in ("constraints", "indexes", "relations"):
+        kept = {row for row in upgraded[kind] if not _changed_after_0001(row)}
+        assert kept == {row for row in schema[kind] if not _changed_after_0001(row)}, kind
+
+
+# 0003: a refused request has no export and may lack its options; the state check admits 'refused'; the
+# progress of exports under way gets its own table.
+NULLABLE_AFTER_0001 = {("export_requests", column) for column in
+                       ("export_id", "account_id", "categories", "formats", "expires_in_hours", "on_invalid")}
+CHANGED_AFTER_0001 = ("export_requests_state_check", "export_requests_export_unless_refused",
+                      "export_requests_refused_run", "export_progress",
+                      *(f"{table}_{column}_not_null" for table, column in NULLABLE_AFTER_0001))  # PostgreSQL 18
+
+
+def _as_of_0001(columns: list) -> set:
+    """Columns with the nullability later revisions relaxed put back as 0001 had it."""
+    return {(*row[:5], "NO", *row[6:]) if row[:2] in NULLABLE_AFTER_0001 else tuple(row) for row in columns}
+
+
+def _changed_after_0001(row: tuple) -> bool:
+    return any(str(value).startswith(CHANGED_AFTER_0001) for value in row)
 
 
 def test_a_ledger_of_the_first_release_gets_the_columns_added_since(new_database):
@@ -506,3 +526,34 @@ def test_a_ledger_at_a_revision_this_release_does_not_know_is_refused_untouched(
     with pytest.raises(ledger.LedgerError, match="9999"), ledger.connect():
         pass
     assert (_rows(conninfo), _schema(conninfo), _version(conninfo)) == (rows, schema, ["9999"])
+
+
+def test_revision_0003_goes_down_to_0002_and_up_again_dropping_only_refused_requests(new_database):
+    """Downgrading past 0003 drops what 0002 cannot hold (refused requests, progress) and keeps every other row."""
+    from alembic import command
+
+    from portability.resources import ledger
+
+    conninfo = new_database()
+    _pre_alembic_ledger(conninfo)
+    _fill(conninfo)
+    ledger.upgrade(conninfo)
+    with _connect(conninfo) as conn:
+        kept = _rows(conninfo)
+        ledger.refuse(conn, reason="invalid export request: field 'account_id' is required", requested_by="x")
+
+    def run(revision: str, direction) -> None:
+        cfg, engine = ledger.alembic_config(conninfo), ledger.ledger_engine(conninfo)
+        with engine.connect() as connection, connection.begin():
+            cfg.attributes["connection"] = connection
+            direction(cfg, revision)
+        engine.dispose()
+
+    run("0002", command.downgrade)
+    assert _version(conninfo) == ["0002"]
+    with _connect(conninfo) as conn:
+        assert conn.execute("SELECT to_regclass('export_progress')").fetchone()["to_regclass"] is None
+        assert conn.execute("SELECT count(*) AS n FROM export_requests").fetchone()["n"] == len(kept["export_requests"])
+    run("head", command.upgrade)
+    assert _version(conninfo) == [ledger.SCHEMA_HEAD]
+    assert _rows(conninfo) == kept

@@ -29,7 +29,7 @@ from pathlib import Path
 from portability.service.request import export_id_for_run
 
 ACTIVE = ("requested", "running")
-STATES = ("requested", "running", "ready", "delivered", "expired", "failed", "cancelled")
+STATES = ("requested", "running", "ready", "delivered", "expired", "failed", "cancelled", "refused")
 DAG_ID = "account_export"
 
 # The schema is versioned with Alembic: the migrations are in ledger_migrations/ (shipped with the package), the
@@ -37,7 +37,7 @@ DAG_ID = "account_export"
 # application's `alembic_version`, Airflow's for one).
 MIGRATIONS = Path(__file__).with_name("ledger_migrations")
 VERSION_TABLE = "portability_ledger_version"
-SCHEMA_HEAD = "0002"  # the newest revision in ledger_migrations/versions (test_ledger_migrations.py checks)
+SCHEMA_HEAD = "0003"  # the newest revision in ledger_migrations/versions (test_ledger_migrations.py checks)
 SCHEMA_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('portability ledger schema'))"
 
 _UPGRADING = threading.Lock()
@@ -463,7 +463,7 @@ def fail(conn, export_id: str, error: str) -> None:
 def cancel(conn, request_id: str) -> dict:
     """Withdraw a request not yet served; its export is cancelled too when no other request still waits for it."""
     with conn.transaction():
-        row = conn.execute("SELECT r.state, r.export_id, e.dag_run_id FROM export_requests r JOIN exports e "
+        row = conn.execute("SELECT r.state, r.export_id, e.dag_run_id FROM export_requests r LEFT JOIN exports e "
                            "USING (export_id) WHERE request_id = %s FOR UPDATE OF r", (request_id,)).fetchone()
         if row is None:
             raise LedgerError(f"no request {request_id} in the ledger: check the request id")
@@ -622,13 +622,61 @@ def requests(conn, state: str | None = None, account_id: str | None = None) -> l
         raise LedgerError(f"unknown state {state[:40]!r}: one of {', '.join(STATES)}")
     return conn.execute(
         "SELECT request_id, export_id, account_id, requested_by, state, requested_at, deadline_at, delivered_at, "
-        "cancelled_at, dag_run_id, bytes, counts, error, subject_email IS NOT NULL AS data_subject, since, until, "
+        "cancelled_at, dag_run_id, bytes, counts, error, refused_reason, subject_email IS NOT NULL AS data_subject, "
+        "since, until, "
         "state IN ('requested', 'running', 'ready', 'failed') AND deadline_at < now() AS overdue, "
         "state IN ('requested', 'running', 'ready', 'failed') AND deadline_at >= now() "
         "AND deadline_at < now() + interval '7 days' AS due_soon "
         "FROM export_request_status WHERE (%(state)s::text IS NULL OR state = %(state)s) "
         "AND (%(account)s::text IS NULL OR account_id = %(account)s) "
         "ORDER BY requested_at DESC, request_id", {"state": state, "account": account_id}).fetchall()
+
+
+def refuse(conn, *, reason: str, requested_by: str, account_id: str | None = None,
+           dag_run_id: str | None = None, idempotency_key: str | None = None) -> str:
+    """Record a request refused before any read, with why; returns its request id.
+
+    The reason is the refusal as the requester saw it (a RequestError's message never echoes a data subject's
+    address). The same refusing DAG run or idempotency key again is the same request: recorded once.
+    """
+    with conn.transaction():
+        if dag_run_id is not None or idempotency_key is not None:
+            seen = conn.execute("SELECT request_id FROM export_requests WHERE dag_run_id = %s OR idempotency_key = %s",
+                                (dag_run_id, idempotency_key)).fetchone()
+            if seen is not None:
+                return str(seen["request_id"])
+        request_id = str(uuid.uuid4())
+        conn.execute(
+            "INSERT INTO export_requests (request_id, account_id, requested_by, idempotency_key, dag_run_id, state, "
+            "refused_reason, deadline_at) VALUES (%s, %s, %s, %s, %s, 'refused', %s, now() + interval '1 month')",
+            (request_id, account_id, requested_by[:200], idempotency_key, dag_run_id, reason[:2000]))
+    return request_id
+
+
+def record_progress(conn, export_id: str, category: str, *, part: str = "", rows_done: int,
+                    rows_estimated: int | None, pieces_done: int, pieces_total: int | None) -> None:
+    """One part's progress on a category (a shard's label, or "" for an export done whole); cheap, but call it at
+    most every few seconds. A retried part overwrites its own row."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO export_progress (export_id, category, part, rows_done, rows_estimated, pieces_done, "
+            "pieces_total) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (export_id, category, part) DO UPDATE "
+            "SET rows_done = excluded.rows_done, rows_estimated = excluded.rows_estimated, "
+            "pieces_done = excluded.pieces_done, pieces_total = excluded.pieces_total, updated_at = now()",
+            (export_id, category, part, rows_done, rows_estimated, pieces_done, pieces_total))
+
+
+def progress(conn, export_id: str) -> dict[str, dict]:
+    """Per category, the rows and pieces done of the estimate, summed over its parts (an estimate is None while
+    any part has none)."""
+    rows = conn.execute(
+        "SELECT category, sum(rows_done)::bigint AS rows_done, "
+        "CASE WHEN bool_and(rows_estimated IS NOT NULL) THEN sum(rows_estimated)::bigint END AS rows_estimated, "
+        "sum(pieces_done)::integer AS pieces_done, "
+        "CASE WHEN bool_and(pieces_total IS NOT NULL) THEN sum(pieces_total)::integer END AS pieces_total, "
+        "max(updated_at) AS updated_at FROM export_progress WHERE export_id = %s GROUP BY category "
+        "ORDER BY category", (export_id,)).fetchall()
+    return {row.pop("category"): row for row in rows}
 
 
 def claim_deadline_alerts(conn, request_ids: list, quiet: timedelta) -> list:

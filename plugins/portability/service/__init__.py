@@ -559,7 +559,8 @@ def request_list(state: str | None = None, account_id: str | None = None) -> lis
 
 def _report_rows(rows: list[dict]) -> list[dict]:
     instants = ("requested_at", "deadline_at", "delivered_at", "cancelled_at")
-    return [{**row, "request_id": str(row["request_id"]), "export_id": str(row["export_id"]),
+    return [{**row, "request_id": str(row["request_id"]),
+             "export_id": str(row["export_id"]) if row.get("export_id") is not None else None,
              **{name: row[name].isoformat() for name in instants if row.get(name) is not None}}
             for row in rows]
 
