@@ -171,7 +171,8 @@ def cmd_cancel(args) -> int:
         stopped = AirflowApi.from_connection().stop_run(DAG_ID, result["dag_run_id"])
     print(f"request {args.request_id} cancelled; export {result['export_id']} "
           + ("cancelled" + (" and its DAG run stopped" if stopped else "") if result["export_cancelled"]
-             else "goes on for the other requests that wait for it"))
+             else "goes on for the other requests that wait for it")
+          + ("; the requester was told" if result.get("requester_told") else ""))
     return 0
 
 
