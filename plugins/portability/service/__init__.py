@@ -225,7 +225,7 @@ def refusals_recorded(conf: object, *, requested_by: str, dag_run_id: str | None
         yield
     except RequestError as refusal:
         fields = conf if isinstance(conf, dict) else {}
-        requester = airflow_requester(fields, None) if _valid_requester(fields) else requested_by
+        requester = fields["requested_by"] if _valid_requester(fields) else requested_by
         try:
             with ledger.connect() as conn:
                 ledger.refuse(conn, reason=str(refusal), requested_by=requester,
