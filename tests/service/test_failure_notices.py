@@ -185,3 +185,25 @@ def test_an_export_found_dead_by_the_cleanup_dag_tells_its_requester(channels):
     [email] = [m for m in mailbox.messages if m["To"] == "dead@example.org"]
     assert "stopped before it finished" in html_of(email) and export_id not in email["Subject"]
     assert [m for m in mailbox.messages if m["To"] == PRIVACY and request_id in m["Subject"]]
+
+
+def test_a_failed_notice_left_unsent_is_dropped_once_a_cleared_run_publishes_the_archive(channels, monkeypatch):
+    import os
+
+    from portability import service
+    from portability.resources import config, ledger
+
+    mailbox = channels["mailbox"]
+    account = f"cleared-{uuid.uuid4().hex[:8]}"
+    run_id, [request_id] = _requests_of_one_run(account, {"requested_by": "a", "notify_email": "cleared@example.org"})
+    working = os.environ["AIRFLOW_CONN_SMTP_DEFAULT"]
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({**json.loads(working), "port": 1}))
+    assert service.fail("account_export", run_id, "export_account: account not found: 'x'")["notified"] == 0
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", working)
+    export_id = ledger_request(request_id)["export_id"]
+    with ledger.connect() as conn:  # the engineer cleared the run and it published the archive
+        ledger.finish(conn, {"export_id": str(export_id), "region": "us", "bucket": "exports-us",
+                             "key": f"exports/{export_id}/t/a.zip", "bytes": 1, "sha256": "00" * 32,
+                             "snapshot_at": "2026-01-01T00:00:00.000000Z", "counts": {}}, config.retention())
+    service.send_pending_notices()
+    assert not [m for m in mailbox.messages if m["To"] == "cleared@example.org"]
