@@ -78,6 +78,15 @@ def webhook():
     receiver.server.shutdown()
 
 
+@pytest.fixture
+def own_webhook():
+    """A receiver for one test alone (its first call answered 503 too), for a test that counts the calls it gets:
+    the session's `webhook` answers 503 only to the session's first call, whichever test makes it."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def airflow_server(store_env, seeded, mailbox, tmp_path_factory):
     """`airflow standalone` against the embedded stores (`portability_dev.airflow_local`), with the SMTP server

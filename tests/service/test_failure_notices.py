@@ -20,14 +20,14 @@ INTERNALS = ("portability_source", "127.0.0.1", "port 1", "Connection refused", 
 
 
 @pytest.fixture
-def channels(store_env, mailbox, webhook, monkeypatch):
+def channels(store_env, mailbox, own_webhook, monkeypatch):
     """This process sends through the session's SMTP server and signs webhooks with the test secret."""
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": mailbox.port,
         "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "exports@example.com"}}))
     monkeypatch.setenv("AIRFLOW_CONN_PORTABILITY_WEBHOOK", json.dumps({"conn_type": "generic", "password": SECRET}))
     monkeypatch.setenv("PORTABILITY_PRIVACY_EMAIL", PRIVACY)
-    return {"mailbox": mailbox, "webhook": webhook}
+    return {"mailbox": mailbox, "webhook": own_webhook}
 
 
 def html_of(message) -> str:
@@ -86,6 +86,7 @@ def test_a_failed_export_tells_each_requester_once_and_the_privacy_team_once_per
     assert not [word for word in INTERNALS if word in body + email["Subject"]]
 
     calls = [c for c in webhook.calls if json.loads(c["body"])["request_id"] == told]
+    assert len(calls) == 2  # answered 503, retried once and accepted: delivered once
     assert {json.loads(c["body"])["notification_id"] for c in calls} == {expected_id}
     assert {c["headers"][NOTIFICATION_ID_HEADER] for c in calls} == {expected_id}
     notice = json.loads(calls[-1]["body"])
