@@ -150,11 +150,13 @@ def cancelled_notice(notification: dict) -> dict:
 
 
 def email_of(notice: dict) -> tuple[str, str]:
-    """The requester's email (subject, HTML body) for any of the three events."""
-    if notice["event"] == READY:
+    """The requester's email (subject, HTML body) for any of the three events (a notice without one is a ready
+    notice, as they all were before the others)."""
+    event = notice.get("event", READY)
+    if event == READY:
         return email_body(notice)
     account, request = html.escape(notice["account_id"]), html.escape(notice["request_id"])
-    if notice["event"] == FAILED:
+    if event == FAILED:
         subject = f"Your data export of account {notice['account_id']} could not be completed"
         body = (f"<p>We could not complete your data export of account <b>{account}</b>.</p>\n"
                 f"<p>What went wrong: {html.escape(notice['message'])}</p>\n"
