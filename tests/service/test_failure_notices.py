@@ -5,6 +5,7 @@ reported; a cancelled request tells its requester. Real SMTP server and webhook 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import timedelta
 
@@ -52,6 +53,13 @@ def _requests_of_one_run(account: str, *asks: dict) -> tuple[str, list[str]]:
             ids.append(ledger.submit(conn, request, **ask).request_id)
         ledger.begin(conn, {**request, "export_id": first.export_id}, first.dag_run_id)
     return first.dag_run_id, ids
+
+
+def ledger_request(request_id: str) -> dict:
+    from portability.resources import ledger
+
+    with ledger.connect() as conn:
+        return ledger.request_status(conn, request_id)
 
 
 def _mail_about(mailbox, request_id: str) -> list:
@@ -105,20 +113,13 @@ def test_a_failed_export_tells_each_requester_once_and_the_privacy_team_once_per
     assert not [m for m in _mail_about(mailbox, silent) if m["To"] != PRIVACY]
 
 
-def ledger_request(request_id: str) -> dict:
-    from portability.resources import ledger
-
-    with ledger.connect() as conn:
-        return ledger.request_status(conn, request_id)
-
-
 def test_a_failed_send_stays_in_the_outbox_and_the_sweep_sends_it_once(channels, monkeypatch):
     from portability import service
 
     mailbox = channels["mailbox"]
     account = f"retry-{uuid.uuid4().hex[:8]}"
     run_id, [request_id] = _requests_of_one_run(account, {"requested_by": "a", "notify_email": "late@example.org"})
-    working = json.loads(__import__("os").environ["AIRFLOW_CONN_SMTP_DEFAULT"])
+    working = json.loads(os.environ["AIRFLOW_CONN_SMTP_DEFAULT"])
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({**working, "port": 1}))  # the SMTP server is down
     failed = service.fail("account_export", run_id, "export_account: account not found: 'x'")
     assert failed["notified"] == 0 and len(failed["failures"]) == 2  # the requester's and the privacy team's
@@ -189,8 +190,6 @@ def test_an_export_found_dead_by_the_cleanup_dag_tells_its_requester(channels):
 
 
 def test_a_failed_notice_left_unsent_is_dropped_once_a_cleared_run_publishes_the_archive(channels, monkeypatch):
-    import os
-
     from portability import service
     from portability.resources import config, ledger
 
