@@ -73,9 +73,14 @@ def _request_conf(args) -> dict:
 
 def cmd_export(args) -> int:
     from portability import service
+    from portability.console import ProgressOutput
 
     conf = _request_conf(args)
-    summary, request_id = service.export_now(conf, on_progress=lambda message: print(message, file=sys.stderr))
+    with ProgressOutput("export", quiet=args.quiet) as shown:
+        summary, request_id = service.export_now(
+            conf, on_progress=lambda message: print(message, file=sys.stderr),
+            watch=lambda report: shown.update(report.rows_done, report.rows_estimated))
+        shown.finish()
     link = service.link(summary.export_id, conf.get("expires_in_hours", 72), request_id=request_id)
     if args.json:
         print(json.dumps({
@@ -257,8 +262,11 @@ def cmd_link(args) -> int:
 
 def cmd_verify(args) -> int:
     from portability.archive.verify import verify
+    from portability.console import ProgressOutput
 
-    report = verify(args.archive)
+    with ProgressOutput("verify", unit="bytes", quiet=args.quiet) as shown:
+        report = verify(args.archive, on_progress=shown.update)
+        shown.finish()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -360,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export one account and print its download link")
     _add_request_options(exp)
     exp.add_argument("--json", action="store_true", help="print one JSON object instead of the link")
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress lines on stderr")
     exp.set_defaults(handler=cmd_export)
 
     req = sub.add_parser("request", help="request an export through Airflow's REST API (DAG account_export)")
@@ -414,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check an archive: bag, checksums, schemas, counts")
     ver.add_argument("archive", metavar="PATH_OR_URL")
     ver.add_argument("--json", action="store_true")
+    ver.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress lines on stderr")
     ver.set_defaults(handler=cmd_verify)
 
     stores = sub.add_parser("stores", help="the embedded PostgreSQL and S3 server under .state/")

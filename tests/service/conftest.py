@@ -8,10 +8,13 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from portability_dev.airflow_local import free_port
+
+VIEWER = "privacy-viewer"  # a user of Airflow's read-only role, beside the admin
 
 
 class Mailbox:
@@ -87,6 +90,15 @@ def own_webhook():
     receiver.server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def steady_webhook():
+    """A webhook receiver of its own that answers every call 204 (the shared `webhook` fails its first call, which
+    the test of retries counts on)."""
+    receiver = WebhookReceiver(fail_first=0)
+    yield receiver
+    receiver.server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def airflow_server(store_env, seeded, mailbox, tmp_path_factory):
     """`airflow standalone` against the embedded stores (`portability_dev.airflow_local`), with the SMTP server
@@ -99,11 +111,23 @@ def airflow_server(store_env, seeded, mailbox, tmp_path_factory):
             "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "exports@example.com"}}),
         "PORTABILITY_PRIVACY_EMAIL": "privacy-team@example.com",
         "AIRFLOW_CONN_PORTABILITY_WEBHOOK": json.dumps({"conn_type": "generic", "password": "whsec-test-secret"}),
+        # A read-only user beside the admin, for the Exports page's permissions (its password is generated into
+        # the passwords file when the API server starts: the `viewer` fixture).
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{airflow_local.USERNAME}:admin,{VIEWER}:viewer",
     }
     with airflow_local.running_airflow(store_env, dag_ids=("account_export", "export_cleanup"),
                                        home=tmp_path_factory.mktemp("airflow-standalone"),
                                        extra_env=services) as airflow:
-        yield {"env": airflow.env, "port": airflow.port, "password": airflow.password, "log": airflow.log_path}
+        yield {"env": airflow.env, "port": airflow.port, "password": airflow.password, "log": airflow.log_path,
+               "base_url": airflow.base_url}
+
+
+@pytest.fixture
+def viewer(airflow_server) -> dict:
+    """The read-only user (Airflow's viewer role): its username and the password that Airflow's SimpleAuthManager
+    generated into the passwords file when the API server started."""
+    passwords = Path(airflow_server["env"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    return {"username": VIEWER, "password": json.loads(passwords.read_text())[VIEWER]}
 
 
 @pytest.fixture

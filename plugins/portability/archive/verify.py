@@ -20,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -60,14 +59,43 @@ class _Damaged(Exception):
     """A ZIP entry cannot be read back as written (CRC-32, size or deflate stream)."""
 
 
-def verify(path_or_url: str) -> dict:
-    """Verify a local archive or a link to one; returns a report, raises VerificationError."""
-    with _local_copy(path_or_url) as archive_path:
-        return verify_archive(archive_path)
+# Told how far verifying has got: (bytes done, bytes in all or None, stage: "downloading" or "checking").
+Watch = Callable[[int, int | None, str], None]
+_WATCH_SECONDS = 0.25  # the most often a watcher is told
+
+
+def verify(path_or_url: str, on_progress: Watch | None = None) -> dict:
+    """Verify a local archive or a link to one; returns a report, raises VerificationError.
+
+    `on_progress` hears the bytes downloaded, then the payload's bytes checked (inflated), a few times a second.
+    """
+    with _local_copy(path_or_url, on_progress) as archive_path:
+        return verify_archive(archive_path, on_progress)
+
+
+class _Told:
+    """Counts bytes for a watcher and tells it at most every `_WATCH_SECONDS`, and at the end."""
+
+    def __init__(self, watch: Watch | None, total: int | None, stage: str):
+        import time
+
+        self._watch, self.total, self.stage, self.done = watch, total, stage, 0
+        self._clock = time.monotonic
+        self._next = 0.0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self._watch is not None and self._clock() >= self._next:
+            self._next = self._clock() + _WATCH_SECONDS
+            self._watch(self.done, self.total, self.stage)
+
+    def end(self) -> None:
+        if self._watch is not None:
+            self._watch(self.done, self.total, self.stage)
 
 
 @contextmanager
-def _local_copy(path_or_url: str):
+def _local_copy(path_or_url: str, on_progress: Watch | None = None):
     if not path_or_url.startswith(("http://", "https://")):
         path = Path(path_or_url)
         if not path.is_file():
@@ -80,7 +108,12 @@ def _local_copy(path_or_url: str):
     with tempfile.NamedTemporaryFile(prefix="portability-download-", suffix=".zip") as target:
         try:
             with urllib.request.urlopen(path_or_url, timeout=60) as response:
-                shutil.copyfileobj(response, target, _CHUNK)
+                length = response.headers.get("Content-Length")
+                told = _Told(on_progress, int(length) if length and length.isdigit() else None, "downloading")
+                while chunk := response.read(_CHUNK):
+                    target.write(chunk)
+                    told.add(len(chunk))
+                told.end()
         except urllib.error.HTTPError as exc:
             # The URL is a bearer credential: the message names the status, never the link.
             raise VerificationError(
@@ -702,7 +735,7 @@ def _count_lines(chunks: Iterable[bytes]) -> _FileCheck:
 # --- the whole archive ----------------------------------------------------------------------------------
 
 
-def verify_archive(archive_path: Path) -> dict:
+def verify_archive(archive_path: Path, on_progress: Watch | None = None) -> dict:
     """Verify a local ZIP without extracting it; returns a report, raises VerificationError."""
     from portability.resources.readahead import read_ahead
 
@@ -758,6 +791,7 @@ def verify_archive(archive_path: Path) -> dict:
     payload_bytes = 0
     checked: dict[str, _FileCheck] = {}
     judged_in_full = 0
+    told = _Told(on_progress, sum(archive.entries[p].file_size for p in payload), "checking")
     for path in payload:
         info = archive.entries[path]
         payload_bytes += info.file_size
@@ -766,7 +800,7 @@ def verify_archive(archive_path: Path) -> dict:
         category, file, file_format = roles.get(path, (None, None, None))
         records = checkers.get(category)
         try:
-            with read_ahead(archive.chunks(path, digests.values()), depth=4) as chunks:
+            with read_ahead(_counted(archive.chunks(path, digests.values()), told), depth=4) as chunks:
                 if file_format == "jsonl":
                     found = _check_json_lines(chunks, records)
                 elif file_format == "csv":
@@ -798,6 +832,8 @@ def verify_archive(archive_path: Path) -> dict:
                 noun = "record fails" if found.invalid == 1 else "records fail"
                 problems.append(f"{path}: {found.invalid} {noun} {contents[category]['schema']}: "
                                 + "; ".join(found.examples))
+
+    told.end()
 
     # The bag's completeness.
     for path in sorted(set(payload) - set(bag.payload)):
@@ -840,6 +876,12 @@ def verify_archive(archive_path: Path) -> dict:
         raise VerificationError("the archive does not match its manifest:\n- " + "\n- ".join(problems[:_LISTED]),
                                 report)
     return report
+
+
+def _counted(chunks: Iterable[bytes], told: _Told) -> Iterator[bytes]:
+    for chunk in chunks:
+        told.add(len(chunk))
+        yield chunk
 
 
 def _records_of(archive: _Zip, category: str, schema_path: str, problems: list[str]) -> _Records | None:

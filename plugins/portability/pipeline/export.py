@@ -22,13 +22,14 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from portability.archive.parts import ArchiveParts
 from portability.pipeline.model import CategoryResult, PieceResult, Plan, Shard, ShardResult, Snapshot, Summary
+from portability.pipeline.progress import Progress, Report, idle
 from portability.records.schemas import SchemaSet
 from portability.records.values import render_timestamp
 from portability.resources import config, keys
@@ -78,25 +79,36 @@ def _unless_sharded(plan: Plan) -> Callable[[Snapshot, dict[str, int]], None]:
 
 
 def take_snapshot(plan: Plan, on_piece: Callable[[Snapshot, str, int], None] | None = None,
-                  on_open: Callable[[Snapshot, dict[str, int]], None] | None = None) -> Snapshot:
+                  on_open: Callable[[Snapshot, dict[str, int]], None] | None = None,
+                  progress: Progress | None = None) -> Snapshot:
     """Read every requested category from one snapshot of the source into staged pieces.
 
     `on_piece(where, category, piece)` is told of each piece as soon as it is staged (`where`
     has the bucket and snapshot instant), so that one process can export pieces while the
-    others are still being read.
+    others are still being read. With the `progress` of a step that also exports the pieces,
+    staging only adds its time to it (the rows count once exported); otherwise the staging keeps
+    its own, counting the rows staged, in the log only (the shards' tasks record theirs).
     """
-    store = ObjectStore(config.storage_settings())
+    if progress is not None:
+        return _take_snapshot(plan, on_piece, on_open, progress, count=False)
+    with Progress(f"export {plan.export_id}: staging", export_id=plan.export_id, record=False) as staging:
+        return _take_snapshot(plan, on_piece, on_open, staging, count=True)
+
+
+def _take_snapshot(plan: Plan, on_piece, on_open, progress: Progress, count: bool) -> Snapshot:
+    store = ObjectStore(config.storage_settings(), timed_upload=partial(progress.timed, "uploading"))
 
     def stage(where: Snapshot, category: str, rows) -> list[int]:
         staged = partial(on_piece, where, category) if on_piece else None
-        return _stage_pieces(store, where.bucket, plan, category, rows, where.snapshot_at, staged)
+        return _stage_pieces(store, where.bucket, plan, category, rows, where.snapshot_at, staged,
+                             progress if count else None)
 
-    return _read_snapshot(plan, stage, on_open)
+    return _read_snapshot(plan, stage, on_open, progress)
 
 
 def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts,
                        on_open: Callable[[Snapshot, dict[str, int]], None] | None = None,
-                       ) -> tuple[Snapshot, list[ShardResult]]:
+                       progress: Progress | None = None) -> tuple[Snapshot, list[ShardResult]]:
     """Read and export every requested category in one pass, straight into the archive's parts.
 
     Each category's pieces are validated and written in key order as they are read, so each
@@ -116,10 +128,10 @@ def export_from_source(plan: Plan, store: ObjectStore, parts: ArchiveParts,
         parts.open(where.bucket, [(c, kind) for c in plan.categories for kind in kinds], estimates)
 
     def export(where: Snapshot, category: str, rows) -> list[int]:
-        exported[category] = _export_category(plan, where, category, rows, store, parts)
+        exported[category] = _export_category(plan, where, category, rows, store, parts, progress)
         return [piece.rows for piece in exported[category].pieces]
 
-    snapshot = _read_snapshot(plan, export, on_open=open_archive)
+    snapshot = _read_snapshot(plan, export, on_open=open_archive, progress=progress)
     return snapshot, [exported[category] for category in plan.categories]
 
 
@@ -137,12 +149,14 @@ def _check_mapping(plan: Plan, mapping: dict, schemas: SchemaSet) -> None:
 
 
 def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], list[int]],
-                   on_open: Callable[[Snapshot, dict[str, int]], None] | None = None) -> Snapshot:
+                   on_open: Callable[[Snapshot, dict[str, int]], None] | None = None,
+                   progress: Progress | None = None) -> Snapshot:
     """Open one snapshot and hand each requested category's rows to `read_category`, which returns its piece sizes.
 
     Categories are read on `_READERS` threads, the biggest first, each from its own connection.
     `on_open(where, estimated_rows)` is told where the export goes, and how many rows each category
-    holds (`where.source_counts`), before any is read.
+    holds (`where.source_counts`), before any is read. `progress` is told each category's rows
+    and pieces to come (the source count is exact), and times each batch read from the source.
     """
     from portability.pipeline import memory
     from portability.resources import source
@@ -156,23 +170,28 @@ def _read_snapshot(plan: Plan, read_category: Callable[[Snapshot, str, object], 
     queries = {c: mapping[c].for_subject() if plan.subject_email else mapping[c] for c in plan.categories}
     parameters = {"account_id": account_id, "since": plan.since, "until": plan.until,
                   "subject_email": plan.subject_email}
-    with source.snapshot(config.source_settings().conninfo, parameters) as snap:
-        account = _account(snap, mapping["account"], schemas, account_id)
-        # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
-        where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
-                         region=account["region"],
-                         references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
-                                     if mapping[c].references})
-        # The source count: every row the account owns in each category's table, counted apart from the query.
-        owned = {category: snap.owned_rows(queries[category]) for category in plan.categories}
-        estimates = {category: snap.estimated_rows(queries[category]) for category in plan.categories}
+    progress = progress or idle()
+    with ExitStack() as opened:
+        with progress.timed("reading"):  # the snapshot, the account and the counts come from the source
+            snap = opened.enter_context(source.snapshot(config.source_settings().conninfo, parameters))
+            account = _account(snap, mapping["account"], schemas, account_id)
+            # The references travel with the snapshot, so every piece is checked by the mapping it was read with.
+            where = Snapshot(bucket=storage.bucket_for(account["region"]), snapshot_at=_render(snap.snapshot_at),
+                             region=account["region"],
+                             references={c: [r.to_dict() for r in mapping[c].references] for c in plan.categories
+                                         if mapping[c].references})
+            # The source count: every row the account owns in each category's table, counted apart from the query.
+            owned = {category: snap.owned_rows(queries[category]) for category in plan.categories}
+            estimates = {category: snap.estimated_rows(queries[category]) for category in plan.categories}
         largest_first = sorted(plan.categories, key=lambda c: -estimates[c])
         if on_open:
             on_open(replace(where, source_counts=owned), estimates)
+        for category in plan.categories:
+            progress.expect(category, owned[category], max(1, -(-owned[category] // plan.piece_rows)))
 
         def read(category: str) -> list[int]:
             with snap.reader(queries[category], schemas.columns(category)) as rows:
-                return read_category(where, category, rows)
+                return read_category(where, category, progress.timed_batches(rows))
 
         with ThreadPoolExecutor(_READERS, thread_name_prefix="snapshot-reader") as readers:
             pieces = dict(zip(largest_first, readers.map(read, largest_first), strict=True))
@@ -217,27 +236,36 @@ def cut_pieces(rows, piece_rows: int) -> Iterator[tuple[int, Iterator]]:
 
 
 def _stage_pieces(store: ObjectStore, bucket: str, plan: Plan, category: str, rows, snapshot_at: str,
-                  staged: Callable[[int], None] | None) -> list[int]:
-    """Write the category's rows as staged pieces (Arrow IPC, LZ4); returns each piece's rows."""
+                  staged: Callable[[int], None] | None, progress: Progress | None = None) -> list[int]:
+    """Write the category's rows as staged pieces (Arrow IPC, LZ4); returns each piece's rows.
+
+    `progress`, if given, counts the rows and pieces staged and times writing them.
+    """
     import pyarrow as pa
 
     schema = rows.schema.with_metadata({"snapshot_at": snapshot_at})
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     sizes = []
+    writing = progress.timed("writing") if progress else nullcontext()
     for piece, batches in cut_pieces(rows, plan.piece_rows):
         sizes.append(0)
         key = keys.snapshot_piece(plan.export_id, category, piece)
         with store.upload(bucket, key) as upload, pa.ipc.new_stream(upload, schema, options=options) as writer:
             for batch in batches:
-                writer.write_batch(batch)
+                with writing:
+                    writer.write_batch(batch)
                 sizes[-1] += batch.num_rows
+                if progress:
+                    progress.add_rows(category, batch.num_rows)
+        if progress:
+            progress.piece_done(category)
         if staged:  # the upload is complete: the piece is staged
             staged(piece)
     return sizes
 
 
 def _export_category(plan: Plan, where: Snapshot, category: str, rows, store: ObjectStore,
-                     parts: ArchiveParts) -> ShardResult:
+                     parts: ArchiveParts, progress: Progress | None = None) -> ShardResult:
     """Export a category's pieces in order straight from the source into the archive's parts.
 
     Returns a shard result with each file's SHA-256.
@@ -260,7 +288,7 @@ def _export_category(plan: Plan, where: Snapshot, category: str, rows, store: Ob
     with read_ahead(rows) as batches:
         for piece, piece_batches in cut_pieces(batches, plan.piece_rows):
             pieces.append(_write_piece(plan, category, piece, piece_batches, schemas, store, where.bucket,
-                                       running, open_sink, _references(where, category)))
+                                       running, open_sink, _references(where, category), progress))
             log.info("%s piece %d: %d exported, %d quarantined", category, piece, pieces[-1].exported,
                      pieces[-1].quarantined)
     for file in files.values():
@@ -292,22 +320,36 @@ def shards(plan: Plan, snapshot: Snapshot, category: str | None = None) -> list[
     ]
 
 
-def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStore | None = None) -> ShardResult:
+def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStore | None = None,
+                 progress: Progress | None = None) -> ShardResult:
     """Validate every record of a shard's pieces and write each piece of the requested text files.
 
-    A process running many shards passes one `store`: each S3 client holds its own connection pool and buffers.
+    A process running many shards passes one `store`, and the `progress` it keeps for all of them:
+    each S3 client holds its own connection pool and buffers. A shard run on its own (a mapped
+    task) keeps its own progress, recorded in the ledger under the shard's label.
     """
+    if progress is not None:
+        return _export_shard(plan, snapshot, shard, store, progress)
+    with Progress(f"export {plan.export_id}: {shard.label}", export_id=plan.export_id, part=shard.label) as own:
+        staged = snapshot.pieces.get(shard.category, [])[shard.first_piece:shard.stop_piece]
+        own.expect(shard.category, sum(staged) if staged else None, shard.stop_piece - shard.first_piece)
+        return _export_shard(plan, snapshot, shard, store, own)
+
+
+def _export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStore | None,
+                  progress: Progress) -> ShardResult:
     from portability.pipeline import memory
 
     memory.limit_retention()
     schemas = SchemaSet()
-    store = store or ObjectStore(config.storage_settings())
+    store = store or ObjectStore(config.storage_settings(), timed_upload=partial(progress.timed, "uploading"))
     category = shard.category
     results = []
     for piece in range(shard.first_piece, shard.stop_piece):
-        reader = _open_piece(store, snapshot.bucket, plan.export_id, category, piece, snapshot.snapshot_at)
-        results.append(_write_piece(plan, category, piece, reader, schemas, store, snapshot.bucket,
-                                    references=_references(snapshot, category)))
+        with progress.timed("reading"):
+            reader = _open_piece(store, snapshot.bucket, plan.export_id, category, piece, snapshot.snapshot_at)
+        results.append(_write_piece(plan, category, piece, progress.timed_batches(reader), schemas, store,
+                                    snapshot.bucket, references=_references(snapshot, category), progress=progress))
     exported = sum(r.exported for r in results)
     quarantined = sum(r.quarantined for r in results)
     log.info("%s: %d exported, %d quarantined", shard.label, exported, quarantined)
@@ -316,7 +358,7 @@ def export_shard(plan: Plan, snapshot: Snapshot, shard: Shard, store: ObjectStor
 
 def _write_piece(plan: Plan, category: str, piece: int, batches, schemas: SchemaSet, store: ObjectStore,
                  bucket: str, running: dict | None = None, open_sink: Callable | None = None,
-                 references: tuple[Reference, ...] = ()) -> PieceResult:
+                 references: tuple[Reference, ...] = (), progress: Progress | None = None) -> PieceResult:
     """One piece's deflated bytes of each file (and its quarantine list), under staging keys unless `open_sink`
     says where.
 
@@ -329,7 +371,7 @@ def _write_piece(plan: Plan, category: str, piece: int, batches, schemas: Schema
         open_sink=open_sink or (lambda kind: store.upload(
             bucket, keys.deflated_piece(plan.export_id, category, piece, kind))),
         invalid_rows_key=keys.invalid_rows(plan.export_id, category, piece), running=running,
-        references=references,
+        references=references, progress=progress,
     )
 
 
@@ -388,18 +430,30 @@ def category_results(plan: Plan, snapshot: Snapshot, shard_results: list[ShardRe
 
 
 def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
-            parts: ArchiveParts | None = None) -> Summary:
+            parts: ArchiveParts | None = None, progress: Progress | None = None) -> Summary:
     """Zip the bag straight into the archive's multipart upload; it appears only when complete.
 
     With `parts`, the text files' bytes are already on their way into that upload (`export_from_source`).
+    With the `progress` of the step that exported the rows, packaging adds its time to it; on its own
+    (the `package` task) it keeps its own, in the log only.
     """
+    if progress is not None:
+        return _package(plan, snapshot, shard_results, parts, progress)
+    with Progress(f"export {plan.export_id}: packaging", export_id=plan.export_id, record=False,
+                  counts_rows=False) as own:
+        return _package(plan, snapshot, shard_results, parts, own)
+
+
+def _package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult], parts: ArchiveParts | None,
+             progress: Progress) -> Summary:
     from portability.archive import packaging
     from portability.pipeline import memory
 
     memory.limit_retention()
     schemas = SchemaSet()
     storage = config.storage_settings()
-    store = ObjectStore(storage)
+    store = ObjectStore(storage, timed_upload=partial(progress.timed, "uploading"))
+    reading = partial(progress.timed, "reading")
     bucket, export_id, account_id = snapshot.bucket, plan.export_id, plan.account_id
     key = keys.archive(export_id, account_id, storage.key_secret)
     if store.exists(bucket, key):
@@ -409,15 +463,22 @@ def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
         return _published_summary(store, bucket, key)
 
     results = category_results(plan, snapshot, shard_results)
-    sources = packaging.StagedSources(
-        open_deflated=lambda category, piece, kind: store.open(
-            bucket, keys.deflated_piece(export_id, category, piece, kind)),
-        open_piece=lambda category, piece: _open_piece(store, bucket, export_id, category, piece,
-                                                       snapshot.snapshot_at),
-        invalid_rows=lambda category, piece: json.loads(
-            store.read_bytes(bucket, keys.invalid_rows(export_id, category, piece))),
-        parts=parts,
-    )
+    def open_deflated(category: str, piece: int, kind: str):
+        with reading():
+            stream = store.open(bucket, keys.deflated_piece(export_id, category, piece, kind))
+        return progress.timed_stream(stream)
+
+    def open_piece(category: str, piece: int):
+        with reading():
+            reader = _open_piece(store, bucket, export_id, category, piece, snapshot.snapshot_at)
+        return progress.timed_batches(reader)
+
+    def invalid_rows(category: str, piece: int) -> list[int]:
+        with reading():
+            return json.loads(store.read_bytes(bucket, keys.invalid_rows(export_id, category, piece)))
+
+    sources = packaging.StagedSources(open_deflated=open_deflated, open_piece=open_piece, invalid_rows=invalid_rows,
+                                      parts=parts)
     archive = partial(packaging.write_archive, plan=plan, snapshot=snapshot, results=results, schemas=schemas,
                       sources=sources, root=keys.archive_name(account_id, export_id),
                       organization=config.organization_name(),
@@ -425,11 +486,13 @@ def package(plan: Plan, snapshot: Snapshot, shard_results: list[ShardResult],
     try:
         if parts:
             router = parts.router()
-            described = archive(router)
-            size, sha256 = parts.finish(router)
+            with progress.timed("writing"):
+                described = archive(router)
+            with progress.timed("uploading"):  # the last parts, and the archive read back for its SHA-256
+                size, sha256 = parts.finish(router)
         else:
             with store.upload(bucket, key, content_type="application/zip", create_only=True,
-                              part_bytes=ARCHIVE_PART_BYTES) as upload:
+                              part_bytes=ARCHIVE_PART_BYTES) as upload, progress.timed("writing"):
                 described = archive(upload)
             size, sha256 = upload.bytes_written, upload.sha256
     except AlreadyPublished:
@@ -503,12 +566,13 @@ def _shard_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def run_export(conf: dict, export_id: str) -> Summary:
+def run_export(conf: dict, export_id: str, watch: Callable[[Report], None] | None = None) -> Summary:
     """The whole export of a request in this process; see `export_in_process`."""
-    return export_in_process(plan(conf, export_id))
+    return export_in_process(plan(conf, export_id), watch=watch)
 
 
-def export_in_process(current: Plan, *, unless_sharded: bool = False) -> Summary:
+def export_in_process(current: Plan, *, unless_sharded: bool = False,
+                      watch: Callable[[Report], None] | None = None) -> Summary:
     """The whole export in this process, its staging deleted at the end whatever the outcome.
 
     With `unless_sharded`, an account with a category bigger than one shard raises NeedsShards as
@@ -517,19 +581,27 @@ def export_in_process(current: Plan, *, unless_sharded: bool = False) -> Summary
     Text formats are read, validated and written in one pass into the archive's upload. Parquet
     is assembled from staged rows: each piece is then its own shard, exported by a thread as soon
     as it is staged while the snapshot goes on reading.
+
+    Its progress is logged, recorded in the ledger (part "") and told to `watch` (the command's bar).
     """
+    with Progress(f"export {current.export_id}", export_id=current.export_id, watchers=[watch],
+                  stopped_by=(NeedsShards,)) as progress:
+        return _export_in_process(current, unless_sharded, progress)
+
+
+def _export_in_process(current: Plan, unless_sharded: bool, progress: Progress) -> Summary:
     export_id = current.export_id
     check = _unless_sharded(current) if unless_sharded else None
     snapshot = None
     failed = True
     try:
-        store = ObjectStore(config.storage_settings())
+        store = ObjectStore(config.storage_settings(), timed_upload=partial(progress.timed, "uploading"))
         if "parquet" not in current.formats:
             key = keys.archive(export_id, current.account_id, store.settings.key_secret)
             parts = ArchiveParts(store, key)
             try:
-                snapshot, shard_results = export_from_source(current, store, parts, check)
-                summary = package(current, snapshot, shard_results, parts)
+                snapshot, shard_results = export_from_source(current, store, parts, check, progress)
+                summary = package(current, snapshot, shard_results, parts, progress)
             except BaseException:
                 _quietly("abort the archive's upload", parts.abort)  # its parts hold personal data
                 raise
@@ -542,15 +614,15 @@ def export_in_process(current: Plan, *, unless_sharded: bool = False) -> Summary
 
                 def export_when_staged(where: Snapshot, category: str, piece: int) -> None:
                     shard = Shard(category, piece, piece + 1, 0)  # how many pieces follow is not known yet
-                    exporting.append(pool.submit(export_shard, current, where, shard, store))
+                    exporting.append(pool.submit(export_shard, current, where, shard, store, progress))
 
                 try:
-                    snapshot = take_snapshot(current, on_piece=export_when_staged, on_open=check)
+                    snapshot = take_snapshot(current, on_piece=export_when_staged, on_open=check, progress=progress)
                     shard_results = [future.result() for future in exporting]
                 except BaseException:
                     pool.shutdown(cancel_futures=True)  # a failed piece (or read) ends the export: skip the rest
                     raise
-            summary = package(current, snapshot, shard_results)
+            summary = package(current, snapshot, shard_results, progress=progress)
         failed = False
     finally:
         if failed:  # the failure is what the caller must see: cleaning up after it may fail for the same reason

@@ -18,6 +18,7 @@ import pyarrow.csv as pa_csv
 
 from portability.archive.deflate import LARGE_CHUNK_BYTES, PieceDeflater, PipelinedWriter
 from portability.pipeline.model import PieceResult, Plan
+from portability.pipeline.progress import Progress, idle
 from portability.records.rendering import RenderedBatch, csv_batch, json_lines, text_bytes
 from portability.records.schemas import SchemaSet
 from portability.records.validation import BatchValidator, InvalidRecords
@@ -69,14 +70,16 @@ class _CsvSink:
 
 def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaSet, *, store, bucket: str,
                  open_sink: Callable[[str], AbstractContextManager], invalid_rows_key: str,
-                 running: dict | None = None, references=()) -> PieceResult:
+                 running: dict | None = None, references=(), progress: Progress | None = None) -> PieceResult:
     """Validate a piece's batches and write its deflated piece of each text file.
 
     `open_sink(kind)` (kind: a format or 'errors') gives the stream a piece of that file is deflated into;
     the errors stream is opened only for a piece with invalid records. `running` hashes, by
     kind, are updated with the raw bytes written. `references` are the mapping's for the
-    category: a record pointing outside the account is quarantined with that reason.
+    category: a record pointing outside the account is quarantined with that reason. `progress` counts
+    the rows and the piece, and times validating and writing a batch at a time.
     """
+    progress = progress or idle()
     validator = BatchValidator(schemas, category, references)
     columns = validator.columns
     formats = [f for f in plan.formats if f in TEXT_FORMATS]
@@ -93,31 +96,38 @@ def export_piece(plan: Plan, category: str, piece: int, reader, schemas: SchemaS
         errors = None
         if piece == 0 and "csv" in writers:
             writers["csv"].write(csv_header(columns))
+        validating, writing = progress.timed("validating"), progress.timed("writing")
         for batch in reader:
-            rendered = RenderedBatch(batch, columns)
-            verdict = validator.check(rendered)
+            with validating:
+                rendered = RenderedBatch(batch, columns)
+                verdict = validator.check(rendered)
             if verdict.problems:
                 if plan.on_invalid == "fail":
                     row = min(verdict.problems)
                     raise InvalidRecords(_invalid_message(category, piece * plan.piece_rows + rows + row,
                                                           rendered, row, verdict.problems[row]))
-                if errors is None:
-                    errors = writer("errors")
-                errors.write(_error_lines(rendered, verdict.problems))
-                invalid_rows += [rows + row for row in sorted(verdict.problems)]
-                rendered = rendered.filter(verdict.valid)
-            if rendered.num_rows:
-                if "csv" in writers:
-                    _write_csv_rows(rendered, writers["csv"])
-                if "jsonl" in writers:
-                    writers["jsonl"].write(text_bytes(json_lines(rendered)))
+                with writing:
+                    if errors is None:
+                        errors = writer("errors")
+                    errors.write(_error_lines(rendered, verdict.problems))
+                    invalid_rows += [rows + row for row in sorted(verdict.problems)]
+                    rendered = rendered.filter(verdict.valid)
+            with writing:
+                if rendered.num_rows:
+                    if "csv" in writers:
+                        _write_csv_rows(rendered, writers["csv"])
+                    if "jsonl" in writers:
+                        writers["jsonl"].write(text_bytes(json_lines(rendered)))
             rows += batch.num_rows
             exported += rendered.num_rows
-        deflated_pieces = {fmt: writer.close() for fmt, writer in writers.items()}
-        deflated_errors = errors.close() if errors else None
+            progress.add_rows(category, batch.num_rows)
+        with writing:  # the deflaters finish what they hold
+            deflated_pieces = {fmt: writer.close() for fmt, writer in writers.items()}
+            deflated_errors = errors.close() if errors else None
     if invalid_rows:
         # Parquet is assembled at packaging from the staged pieces; it needs to know which rows to leave out.
         store.put_bytes(bucket, invalid_rows_key, json.dumps(invalid_rows).encode(), content_type="application/json")
+    progress.piece_done(category)
     return PieceResult(piece, rows, exported, len(invalid_rows), deflated_pieces, deflated_errors)
 
 

@@ -588,6 +588,16 @@ def request_status(conn, request_id: str) -> dict:
     return row
 
 
+def request_channels(conn, request_id: str) -> dict:
+    """A request's state, export and channels (`notify_email`, `webhook_url`) and link lifetime: what sending it a
+    fresh link needs. These addresses go to the channel only, never to a page or a log."""
+    row = conn.execute("SELECT request_id, export_id, state, notify_email, webhook_url, expires_in_hours "
+                       "FROM export_requests WHERE request_id = %s", (request_id,)).fetchone()
+    if row is None:
+        raise LedgerError(f"no request {request_id} in the ledger: check the request id")
+    return row
+
+
 def expire(conn, export_id: str, reason: str) -> None:
     """The archive is gone (retention over, or revoked): no link can be minted for it any more."""
     with conn.transaction():

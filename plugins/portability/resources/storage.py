@@ -13,7 +13,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 
 from portability.resources.config import StorageSettings
 
@@ -190,7 +190,9 @@ class _QueueReader(io.RawIOBase):
 class UploadStream(io.RawIOBase):
     """A writable stream whose bytes become one object, counted and hashed on the way."""
 
-    def __init__(self, client, bucket: str, key: str, extra_args: dict, part_bytes: int = PART_BYTES):
+    def __init__(self, client, bucket: str, key: str, extra_args: dict, part_bytes: int = PART_BYTES,
+                 timed: Callable[[], AbstractContextManager] = nullcontext):
+        self._timed = timed  # charges the writer's waits for the upload (see `pipeline.progress`)
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._pending = bytearray()
         self._error: BaseException | None = None
@@ -234,6 +236,10 @@ class UploadStream(io.RawIOBase):
         return len(view)
 
     def _put(self, item) -> None:
+        with self._timed():
+            self._put_waiting(item)
+
+    def _put_waiting(self, item) -> None:
         while True:
             if self._error is not None:
                 raise StorageError(f"upload failed: {explain(self._error)}") from self._error
@@ -249,7 +255,8 @@ class UploadStream(io.RawIOBase):
             self._put(bytes(self._pending))
             self._pending.clear()
         self._put(_EOF)
-        self._thread.join()
+        with self._timed():
+            self._thread.join()
         if isinstance(self._error, Exception) and _is_precondition_failure(self._error):
             raise AlreadyPublished("the object already exists") from self._error
         if self._error is not None:
@@ -273,10 +280,12 @@ class PartUpload:
 
     _IN_FLIGHT = 2
 
-    def __init__(self, client, bucket: str, key: str, extra_args: dict):
+    def __init__(self, client, bucket: str, key: str, extra_args: dict,
+                 timed: Callable[[], AbstractContextManager] = nullcontext):
         from concurrent.futures import ThreadPoolExecutor
 
         self._client, self._bucket, self._key = client, bucket, key
+        self._timed = timed  # charges each part's request (see `pipeline.progress`)
         try:
             self._upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **extra_args)["UploadId"]
         except Exception as exc:
@@ -305,8 +314,9 @@ class PartUpload:
     def _send(self, number: int, data: bytes | bytearray, sent: Callable[[], None] | None) -> None:
         try:
             if self._error is None:
-                answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                                  PartNumber=number, Body=data)
+                with self._timed():
+                    answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                      PartNumber=number, Body=data)
                 with self._lock:
                     self._sent[number] = (answer["ETag"], len(data))
         except BaseException as exc:
@@ -322,14 +332,15 @@ class PartUpload:
 
     def complete(self) -> int:
         """Wait for every part and make the object; returns its size."""
-        for future in self._pending:
+        for future in self._pending:  # each part's request is charged on its sender's thread
             future.result()
         self._senders.shutdown()
         self._raise_if_failed()
         parts = [{"PartNumber": n, "ETag": etag} for n, (etag, _) in sorted(self._sent.items())]
         try:
-            self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                                                   MultipartUpload={"Parts": parts})
+            with self._timed():
+                self._client.complete_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                                       MultipartUpload={"Parts": parts})
         except Exception as exc:
             if _is_precondition_failure(exc):
                 self.abort()
@@ -414,9 +425,11 @@ def explain(exc: BaseException) -> str:
 class ObjectStore:
     """The pipeline's view of one S3-compatible service."""
 
-    def __init__(self, settings: StorageSettings):
+    def __init__(self, settings: StorageSettings, timed_upload: Callable[[], AbstractContextManager] = nullcontext):
         self.settings = settings
         self._client = None
+        # What uploads and their waits are charged to: a step's `Progress.timed("uploading")`, or nothing.
+        self.timed_upload = timed_upload
 
     @property
     def client(self):
@@ -430,7 +443,7 @@ class ObjectStore:
         """Stream bytes into `bucket/key`; the object appears only if the block completes."""
         client = make_client(self.settings, create_only=True) if create_only else self.client
         stream = UploadStream(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"},
-                              part_bytes=part_bytes)
+                              part_bytes=part_bytes, timed=self.timed_upload)
         try:
             yield stream
         except BaseException:
@@ -441,15 +454,17 @@ class ObjectStore:
     def part_upload(self, bucket: str, key: str, *, content_type: str, create_only: bool = False) -> PartUpload:
         """A multipart upload to `bucket/key` filled by part number; see `PartUpload`."""
         client = make_client(self.settings, create_only=True) if create_only else self.client
-        return PartUpload(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"})
+        return PartUpload(client, bucket, key, {"ContentType": content_type, "ServerSideEncryption": "AES256"},
+                          timed=self.timed_upload)
 
     def open(self, bucket: str, key: str):
         """A readable stream of an object's bytes."""
         return self.client.get_object(Bucket=bucket, Key=key)["Body"]
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                               ServerSideEncryption="AES256")
+        with self.timed_upload():
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                                   ServerSideEncryption="AES256")
 
     def read_bytes(self, bucket: str, key: str) -> bytes:
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()

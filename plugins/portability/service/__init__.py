@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from portability.pipeline import export
 from portability.pipeline.model import Plan, Summary
+from portability.pipeline.progress import CategoryProgress, Report
 from portability.records.schemas import SchemaSet
 from portability.resources import config, keys, ledger
 from portability.service.request import RequestError, export_id_for_run, parse_request
@@ -29,13 +30,16 @@ DEADLINE_ALERT_QUIET = timedelta(hours=20)
 
 
 def export_now(conf: dict, *, requested_by: str = "portability export",
-               on_progress: Callable[[str], None] | None = None) -> tuple[dict, str]:
+               on_progress: Callable[[str], None] | None = None,
+               watch: Callable[[Report], None] | None = None) -> tuple[dict, str]:
     """The whole export in this process (the `export` command, a scheduled export), recorded in the ledger like
     any other; returns the summary and the request id (`link(..., request_id=)` hands the link over).
 
     If an export of the account that covers the request is already under way and alive, this joins it
     and waits for its archive instead of doing the work twice; if that one dies, this takes over.
-    `on_progress` hears, in words, when this waits on another export.
+    `on_progress` hears, in words, when this waits on another export; `watch` hears how far the
+    export has got (the command's progress bar): this process's about twice a second, the one it
+    waits on as the ledger records it.
     """
     with refusals_recorded(conf, requested_by=requested_by):
         request = parse_request(conf, SchemaSet())
@@ -48,21 +52,22 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
                 conn, request.to_dict(), requested_by=requester["requested_by"] or requested_by,
                 notify_email=requester["notify_email"], lease=lease, request_id=request_id)
         if options is not None:
-            return _export_in_process(options, export_id, lease), request_id
+            return _export_in_process(options, export_id, lease, watch), request_id
         if on_progress:
             on_progress(f"export {export_id} of this account is under way: waiting for its archive")
-        summary = _wait_for(export_id, lease)
+        summary = _wait_for(export_id, lease, watch)
         if summary is not None:
             return summary, request_id
         # It died: place the request again (it is moved to the export that replaces it, perhaps this one).
 
 
-def _export_in_process(options: dict, export_id: str, lease: timedelta) -> dict:
+def _export_in_process(options: dict, export_id: str, lease: timedelta,
+                       watch: Callable[[Report], None] | None = None) -> dict:
     conf = {name: options[name] for name in ("account_id", "categories", "formats", "expires_in_hours",
                                              "on_invalid", "since", "until", "subject_email")}
     try:
         with _renewing(export_id, lease):
-            summary = export.run_export(conf, export_id)
+            summary = export.run_export(conf, export_id, watch)
     except BaseException as exc:
         _record_failure(export_id, exc)
         raise
@@ -107,13 +112,22 @@ def _renewing(export_id: str, lease: timedelta) -> Iterator[None]:
         renewer.join()
 
 
-def _wait_for(export_id: str, lease: timedelta) -> dict | None:
-    """The summary of another process's export once it is published; None if it died first."""
+def _wait_for(export_id: str, lease: timedelta, watch: Callable[[Report], None] | None = None) -> dict | None:
+    """The summary of another process's export once it is published; None if it died first.
+
+    `watch` hears that export's progress as the ledger has it.
+    """
     import time
 
+    started = time.monotonic()
     while True:
         with ledger.connect() as conn:
             record = ledger.export_record(conn, export_id)
+            recorded = ledger.progress(conn, export_id) if watch else {}
+        if watch and recorded:
+            watch(Report(f"export {export_id}", time.monotonic() - started, tuple(
+                CategoryProgress(category, row["rows_done"], row["rows_estimated"], row["pieces_done"],
+                                 row["pieces_total"]) for category, row in recorded.items())))
         if record["state"] in ("ready", "delivered"):
             return _summary_of(record)
         if record["state"] in ("failed", "cancelled", "expired"):
@@ -482,6 +496,52 @@ def link(export_id: str, expires_in_hours: int = 72, *, request_id: str | None =
     return minted
 
 
+def send_fresh_link(request_id: str) -> dict:
+    """Mint a fresh link to a served request's archive and send it again on the requester's own channels (the
+    privacy team's "send a fresh link"); returns where it went, never the link, nor the addresses.
+
+    The notice is `export.ready` again, with a notification id of its own: a receiver that drops repeats of the
+    first notice takes this one. Sending is not queued in the outbox: the person who asked is told at once
+    whether it went out, and asks again if not.
+    """
+    import uuid
+
+    from portability.resources.delivery import DeliveryError, post_webhook, ready_notice, send_email
+
+    export.check_export_id(request_id, "request id")
+    with ledger.connect() as conn:
+        request = ledger.request_channels(conn, request_id)
+        if request["state"] not in ("ready", "delivered"):
+            raise export.ExportError(f"request {request_id} is {request['state']}: only a ready or delivered "
+                                     "request's archive can be sent again")
+        channels = [name for name, field in (("email", "notify_email"), ("webhook", "webhook_url")) if request[field]]
+        if not channels:
+            raise RequestError(f"request {request_id} names no email and no webhook to send a link to: hand one "
+                               f"over with 'portability link {request_id}'")
+        record = ledger.export_record(conn, str(request["export_id"]))
+        minted = _link(record, request["expires_in_hours"])
+        notice = ready_notice({"notification_id": str(uuid.uuid4()), "request_id": request_id},
+                              _summary_of(record).to_xcom(), minted)
+        sent, failures = [], []
+        for channel, send in (("email", lambda: send_email(request["notify_email"], notice)),
+                              ("webhook", lambda: post_webhook(request["webhook_url"], notice))):
+            if channel not in channels:
+                continue
+            try:
+                send()
+            except DeliveryError as exc:
+                failures.append(str(exc))
+                continue
+            sent.append(channel)
+        if sent:
+            ledger.delivered(conn, request_id, minted.expires_at)
+    if failures:
+        raise DeliveryError((f"sent to its {' and '.join(sent)}, but " if sent else "") + "; ".join(failures))
+    log.info("request %s: a fresh link was sent to its %s", request_id, " and ".join(sent))
+    return {"request_id": request_id, "export_id": str(record["export_id"]), "sent_to": sent,
+            "notification_id": notice["notification_id"], "link_expires_at": minted.expires_at}
+
+
 def _link(record: dict, hours: int) -> export.Link:
     if record["state"] == "expired":
         raise export.ExportError(
@@ -555,6 +615,12 @@ def request_list(state: str | None = None, account_id: str | None = None) -> lis
     """Every request in the ledger (newest first), optionally of one state or account."""
     with ledger.connect() as conn:
         return _report_rows(ledger.requests(conn, state, account_id))
+
+
+def export_progress(export_ids: list[str]) -> dict[str, dict[str, dict]]:
+    """The progress of exports under way, per export and category (rows and pieces done of the estimate)."""
+    with ledger.connect() as conn:
+        return {export_id: ledger.progress(conn, export_id) for export_id in export_ids}
 
 
 def _report_rows(rows: list[dict]) -> list[dict]:
