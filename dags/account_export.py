@@ -42,19 +42,26 @@ def record_failure(context) -> None:
 
 @task
 def validate_request() -> dict:
-    """Refuse a malformed request before anything is read (the whole conf, not only the Params); record it."""
+    """Refuse a malformed request before anything is read (the whole conf, not only the Params); record it. The
+    run's note names the account and the requester (or the refusal) in the UI's run list."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from portability import service
-    from portability.resources.airflow_api import dag_run_state_in_task
+    from portability.resources.airflow_api import dag_run_state_in_task, name_run
     from portability.resources.ledger import LedgerError
     from portability.service.request import RequestError
 
     run = get_current_context()["dag_run"]
+    conf = dict(run.conf or {})
     try:
-        plan = service.begin(dict(run.conf or {}), run.dag_id, run.run_id, run_state=dag_run_state_in_task(run.dag_id))
+        plan = service.begin(conf, run.dag_id, run.run_id, run_state=dag_run_state_in_task(run.dag_id),
+                             triggering_user=run.triggering_user_name)
     except (RequestError, LedgerError) as exc:
+        name_run(run, service.run_note(*service.conf_names(conf, run.triggering_user_name), refused=str(exc)),
+                 or_add=f"refused: {exc}")
         raise AirflowFailException(str(exc)) from None
+    name_run(run, service.run_note(*service.conf_names(conf, run.triggering_user_name),
+                                   data_subject=bool(plan.subject_email)))
     return plan.to_xcom()
 
 

@@ -7,7 +7,9 @@ staging after two days) so that nothing outlives its retention if this DAG stops
 `watch_deadlines` lists requests not delivered whose legal deadline (one month after the
 request) is past or within a week; it emails the privacy team (PORTABILITY_PRIVACY_EMAIL) once
 a day at most for the same requests (a retried or re-triggered run sends nothing new) and fails
-while any is overdue, so the run shows red until someone acts.
+while any is overdue, so the run shows red until someone acts. Exports under way found dead are marked
+failed, and their requesters and the privacy team told (export.failed); notices a failed email or
+webhook left in the outbox are sent again.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ os.environ.setdefault("PORTABILITY_SCHEMAS_DIR", str(REPO / "schemas"))
 # Fixtures that start a server: embedded PostgreSQL and SeaweedFS (store_env, which every store fixture needs),
 # `airflow standalone`, the SMTP server, the webhook receiver. A test that needs one, even through other
 # fixtures, carries one of SERVER_MARKERS, so `-m "not e2e and not service and not reliability"` starts none.
-SERVER_FIXTURES = frozenset({"store_env", "airflow_server", "mailbox", "webhook"})
+SERVER_FIXTURES = frozenset({"store_env", "airflow_server", "mailbox", "webhook", "own_webhook", "steady_webhook"})
 SERVER_MARKERS = ("e2e", "service", "reliability")
 
 

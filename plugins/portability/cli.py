@@ -109,10 +109,14 @@ def cmd_request(args) -> int:
     def run_state(dag_run_id: str) -> str | None:
         return api.run_state_or_none(DAG_ID, dag_run_id)
 
-    def trigger(dag_run_id: str, options: dict) -> None:
-        api.trigger(DAG_ID, dag_run_id, {k: v for k, v in options.items() if k not in _REQUESTER_FIELDS})
-
     submission = service.submit(conf, idempotency_key=args.idempotency_key, run_state=run_state)
+
+    def trigger(dag_run_id: str, options: dict) -> None:
+        # The run's note names the account and who asked, in the UI's run list (the conf never carries the requester).
+        note = service.run_note(conf["account_id"], conf.get("requested_by") or "portability request",
+                                request_id=submission.request_id, data_subject=bool(conf.get("subject_email")))
+        api.trigger(DAG_ID, dag_run_id, {k: v for k, v in options.items() if k not in _REQUESTER_FIELDS}, note=note)
+
     if submission.needs_trigger:
         trigger(submission.dag_run_id, submission.options or conf)
     how = "joined the export under way" if submission.joined else (
@@ -172,7 +176,8 @@ def cmd_cancel(args) -> int:
         stopped = AirflowApi.from_connection().stop_run(DAG_ID, result["dag_run_id"])
     print(f"request {args.request_id} cancelled; export {result['export_id']} "
           + ("cancelled" + (" and its DAG run stopped" if stopped else "") if result["export_cancelled"]
-             else "goes on for the other requests that wait for it"))
+             else "goes on for the other requests that wait for it")
+          + ("; the requester was told" if result.get("requester_told") else ""))
     return 0
 
 

@@ -81,6 +81,15 @@ def webhook():
     receiver.server.shutdown()
 
 
+@pytest.fixture
+def own_webhook():
+    """A receiver for one test alone (its first call answered 503 too), for a test that counts the calls it gets:
+    the session's `webhook` answers 503 only to the session's first call, whichever test makes it."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
 @pytest.fixture(scope="module")
 def steady_webhook():
     """A webhook receiver of its own that answers every call 204 (the shared `webhook` fails its first call, which

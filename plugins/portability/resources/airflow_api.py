@@ -3,9 +3,10 @@
 The calls (documented in the README):
 
     POST /auth/token                          {"username", "password"} -> {"access_token"}
-    POST /api/v2/dags/{dag_id}/dagRuns        {"dag_run_id", "logical_date": null, "conf"}
+    POST /api/v2/dags/{dag_id}/dagRuns        {"dag_run_id", "logical_date": null, "conf", "note"}
                                               with "Authorization: Bearer <token>"; 409 if the run id exists
     GET  /api/v2/dags/{dag_id}/dagRuns/{run_id}
+    PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}  {"state": "failed"} stops a run; {"note": ...} names it
 
 Where Airflow is and who calls it is the connection `portability_airflow` (type http: host,
 port, schema http or https, login and password of an Airflow user allowed to trigger DAGs).
@@ -21,6 +22,7 @@ from portability.resources import config
 
 AIRFLOW_CONN_ID = "portability_airflow"
 TIMEOUT_SECONDS = 30
+MAX_NOTE = 1000  # Airflow's limit on a run's note
 
 
 class AirflowApiError(RuntimeError):
@@ -65,10 +67,13 @@ class AirflowApi:
             self._token = response.json()["access_token"]
         return self._token
 
-    def trigger(self, dag_id: str, dag_run_id: str, conf: dict) -> bool:
-        """Start a run with this id; False if a run with this id already exists (the trigger is idempotent)."""
-        response = self._request("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
-                                 json={"dag_run_id": dag_run_id, "logical_date": None, "conf": conf})
+    def trigger(self, dag_id: str, dag_run_id: str, conf: dict, note: str | None = None) -> bool:
+        """Start a run with this id (and `note`, shown in the UI's run list and details); False if a run with this
+        id already exists (the trigger is idempotent)."""
+        body = {"dag_run_id": dag_run_id, "logical_date": None, "conf": conf}
+        if note:
+            body["note"] = note[:MAX_NOTE]
+        response = self._request("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", json=body)
         if response.status_code == 409:
             return False
         if response.status_code not in (200, 201):
@@ -85,6 +90,23 @@ class AirflowApi:
             raise AirflowApiError(f"stopping run {dag_run_id} of {dag_id} failed (HTTP {response.status_code}): "
                                   f"{_detail(response)}")
         return True
+
+    def set_note(self, dag_id: str, dag_run_id: str, note: str) -> None:
+        """Write a run's note (what the UI shows beside the run id); needs a user allowed to edit DAG runs."""
+        response = self._request("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
+                                          f"{quote(dag_run_id, safe='')}", params={"update_mask": "note"},
+                                 json={"note": note[:MAX_NOTE]})
+        if response.status_code != 200:
+            raise AirflowApiError(f"writing the note of run {dag_run_id} of {dag_id} failed (HTTP "
+                                  f"{response.status_code}): {_detail(response)}")
+
+    def run_note(self, dag_id: str, dag_run_id: str) -> str | None:
+        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/"
+                                        f"{quote(dag_run_id, safe='')}")
+        if response.status_code != 200:
+            raise AirflowApiError(f"reading run {dag_run_id} of {dag_id} failed (HTTP {response.status_code}): "
+                                  f"{_detail(response)}")
+        return response.json().get("note")
 
     def run_state_or_none(self, dag_id: str, dag_run_id: str) -> str | None:
         """A run's state, or None if there is no such run."""
@@ -116,6 +138,28 @@ def dag_run_state_in_task(dag_id: str) -> Callable[[str], str | None]:
         return str(RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id))
 
     return state
+
+
+def name_run(run, note: str, *, or_add: str | None = None) -> None:
+    """Inside a task: write the note of the task's own DAG run through the REST API, as the user of connection
+    `portability_airflow`. Airflow 3.3's Task SDK can read a run's note but not write it (apache/airflow#64890), so
+    this is the only way a run triggered from the UI or the REST API can show its account and requester in the run
+    list. A note already there (written by `portability request` at the trigger, or by an engineer) is kept, with
+    `or_add` appended. Best effort: without the connection, or if Airflow refuses, the run goes on and the log
+    says why."""
+    import logging
+
+    try:
+        api = AirflowApi.from_connection()
+        existing = api.run_note(run.dag_id, run.run_id)
+        if existing:
+            if or_add and or_add not in existing:
+                api.set_note(run.dag_id, run.run_id, f"{existing} · {or_add}")
+            return
+        api.set_note(run.dag_id, run.run_id, note)
+    except (config.ConfigurationError, AirflowApiError) as exc:
+        logging.getLogger(__name__).warning("the run's note was not written (%s); the account and requester are in "
+                                            "the request ledger", exc)
 
 
 def _detail(response) -> str:

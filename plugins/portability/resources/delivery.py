@@ -1,7 +1,12 @@
-"""Telling requesters their archive is ready: an email through Airflow's SMTP connection, a signed webhook.
+"""Telling requesters what became of their export, and the privacy team what failed: an email through Airflow's
+SMTP connection, a signed webhook.
 
-Both carry the presigned link, so both are built here and sent, never logged. The webhook body
-is signed with HMAC-SHA256 over "<timestamp>.<body>" with the password of the
+Three events reach a requester on each channel they gave: `export.ready` (the link), `export.failed`
+(a short public reason, and what happens next) and `export.cancelled`. Only `export.ready` carries a
+link (a presigned link, built here and sent, never logged); a failed or cancelled notice carries none,
+and its reason is a fixed sentence chosen from the recorded error (`public_reason`), never the error
+itself, which stays in the ledger for the privacy team. The webhook bodies' fields are documented in the
+README and kept stable. The webhook body is signed with HMAC-SHA256 over "<timestamp>.<body>" with the password of the
 `portability_webhook` connection, as Stripe and GitHub sign theirs; a receiver recomputes it
 and refuses a stale timestamp.
 """
@@ -18,6 +23,10 @@ from portability.resources import config
 
 WEBHOOK_SIGNATURE_HEADER = "Portability-Signature"
 WEBHOOK_ATTEMPTS = 5
+NOTIFICATION_ID_HEADER = "Portability-Notification-Id"
+
+READY, FAILED, CANCELLED = "export.ready", "export.failed", "export.cancelled"  # the requester's events
+PRIVACY_FAILED = "privacy.export.failed"  # the privacy team's email about one failed request
 
 
 class DeliveryError(RuntimeError):
@@ -30,7 +39,7 @@ def ready_notice(notification: dict, summary: dict, link) -> dict:
     `notification_id` is the same on every attempt to send this notice: a receiver drops repeats by it.
     """
     return {
-        "event": "export.ready",
+        "event": READY,
         "notification_id": str(notification["notification_id"]),
         "request_id": str(notification["request_id"]),
         "export_id": summary["export_id"],
@@ -71,15 +80,131 @@ cd {name} &amp;&amp; sha256sum -c manifest-sha256.txt</pre>
     return subject, body
 
 
-NOTIFICATION_ID_HEADER = "Portability-Notification-Id"
+
+# What a requester is told went wrong: the first reason whose markers occur in the recorded error (our own
+# messages, lower-cased). The recorded error itself names connections, hosts, records and tasks: it stays in
+# the ledger. The codes are part of the webhook body's contract (README); add codes, never rename one.
+PUBLIC_REASONS = (
+    ("account_not_found", "We could not find the account this request names.", ("account not found",)),
+    ("invalid_records", "Some of the account's records did not pass validation, and the request asked for the "
+                        "export to stop rather than set them aside (on_invalid=fail).", ("on_invalid=fail",)),
+    ("interrupted", "The work building your export stopped before it finished (a machine running it was lost).",
+     ("abandoned:",)),
+    ("data_unavailable", "Your account's data could not be read: a database holding it did not answer.",
+     ("portability_source", "portability_state", "database")),
+    ("storage_unavailable", "Your archive could not be stored.", ("object storage", "portability_s3", "bucket")),
+)
+INTERNAL_REASON = ("internal_error", "An internal error stopped the export.")
+
+
+def public_reason(error: str | None) -> tuple[str, str]:
+    """(code, sentence) for a requester, chosen from the recorded error and never quoting it."""
+    text = (error or "").lower()
+    for code, sentence, markers in PUBLIC_REASONS:
+        if any(marker in text for marker in markers):
+            return code, sentence
+    return INTERNAL_REASON
+
+
+def _utc(instant) -> str | None:
+    """An instant as the notices show it: UTC, to the second, e.g. 2026-12-07T11:30:00Z."""
+    from datetime import UTC
+
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if instant is not None else None
+
+
+def next_steps(deadline: str) -> str:
+    return (f"Our privacy team has been told and will follow up. The legal deadline to answer your request, "
+            f"{deadline}, still applies.")
+
+
+def failed_notice(notification: dict, export: dict) -> dict:
+    """export.failed: a public reason and what happens next; no link, no recorded error."""
+    code, sentence = public_reason(export["error"])
+    deadline = _utc(notification["deadline_at"])
+    return {
+        "event": FAILED,
+        "notification_id": str(notification["notification_id"]),
+        "request_id": str(notification["request_id"]),
+        "export_id": str(export["export_id"]),
+        "account_id": notification["account_id"],
+        "reason": code,
+        "message": sentence,
+        "next_steps": next_steps(deadline),
+        "deadline_at": deadline,
+        "failed_at": _utc(export["failed_at"]),
+    }
+
+
+def cancelled_notice(notification: dict) -> dict:
+    """export.cancelled: the privacy team withdrew the request; no link."""
+    return {
+        "event": CANCELLED,
+        "notification_id": str(notification["notification_id"]),
+        "request_id": str(notification["request_id"]),
+        "export_id": str(notification["export_id"]),
+        "account_id": notification["account_id"],
+        "message": "Our privacy team cancelled this request: no archive will be sent for it.",
+        "cancelled_at": _utc(notification["cancelled_at"]),
+    }
+
+
+def email_of(notice: dict) -> tuple[str, str]:
+    """The requester's email (subject, HTML body) for any of the three events (a notice without one is a ready
+    notice, as they all were before the others)."""
+    event = notice.get("event", READY)
+    if event == READY:
+        return email_body(notice)
+    account, request = html.escape(notice["account_id"]), html.escape(notice["request_id"])
+    if event == FAILED:
+        subject = f"Your data export of account {notice['account_id']} could not be completed"
+        body = (f"<p>We could not complete your data export of account <b>{account}</b>.</p>\n"
+                f"<p>What went wrong: {html.escape(notice['message'])}</p>\n"
+                f"<p>What happens next: {html.escape(notice['next_steps'])}</p>\n"
+                f"<p>Request id: {request}</p>\n")
+        return subject, body
+    subject = f"Your data export request for account {notice['account_id']} was cancelled"
+    body = (f"<p>Our privacy team cancelled your data export request for account <b>{account}</b> on "
+            f"{html.escape(notice['cancelled_at'] or '')}: no archive will be sent for it.</p>\n"
+            f"<p>If you did not expect this, contact us and quote request id {request}.</p>\n")
+    return subject, body
+
+
+def privacy_failure_email(notification: dict, export: dict) -> tuple[str, str]:
+    """The privacy team's email about one failed request: ids, account, the recorded error, the deadline and what
+    the requester was told (the data subject's address, if any, is not in it)."""
+    code, sentence = public_reason(export["error"])
+    deadline = _utc(notification["deadline_at"])
+    channels = [name for name, value in (("email", notification["notify_email"]),
+                                         ("webhook", notification["webhook_url"])) if value]
+    told = (f"told by {' and '.join(channels)}: {sentence} ({code})" if channels
+            else "not told: the request gave no email or webhook")
+    rows = (("request", notification["request_id"]), ("account", notification["account_id"]),
+            ("requested by", notification["requested_by"]), ("requested at", _utc(notification["requested_at"])),
+            ("legal deadline", deadline), ("export", export["export_id"]), ("DAG run", export["dag_run_id"] or "-"),
+            ("failed at", _utc(export["failed_at"])), ("requester", told))
+    table = "".join(f"<tr><th align=left>{name}</th><td>{html.escape(str(value))}</td></tr>" for name, value in rows)
+    subject = (f"Data export failed: account {notification['account_id']}, request {notification['request_id']}, "
+               f"deadline {deadline[:10]}")
+    body = (f"<p>A data export request failed for good. Its legal deadline, {html.escape(deadline)}, still runs.</p>\n"
+            f"<table>{table}</table>\n<p>Recorded error:</p>\n<pre>{html.escape(export['error'] or '')}</pre>\n"
+            f"<p><code>portability status {html.escape(str(notification['request_id']))}</code> shows the request; "
+            "clear the DAG run (or request the export again) once the cause is fixed.</p>\n")
+    return subject, body
+
+
+def send_privacy_failure(to: str, notification: dict, export: dict) -> None:
+    _send(to, *privacy_failure_email(notification, export), headers=_id_headers(str(notification["notification_id"])))
+
+
+def _id_headers(notification_id: str) -> dict:
+    # The same Message-ID on every attempt: mail clients show a resent notice once.
+    domain = config.sender_email().rsplit("@", 1)[-1]
+    return {"Message-ID": f"<{notification_id}@{domain}>", NOTIFICATION_ID_HEADER: notification_id}
 
 
 def send_email(to: str, notice: dict) -> None:
-    # The same Message-ID on every attempt: mail clients show a resent notice once.
-    domain = config.sender_email().rsplit("@", 1)[-1]
-    headers = {"Message-ID": f"<{notice['notification_id']}@{domain}>",
-               NOTIFICATION_ID_HEADER: notice["notification_id"]}
-    _send(to, *email_body(notice), headers=headers)
+    _send(to, *email_of(notice), headers=_id_headers(notice["notification_id"]))
 
 
 def _send(to: str, subject: str, html_body: str, headers: dict | None = None) -> None:

@@ -489,12 +489,22 @@ def notification_id(request_id: str, event: str) -> str:
     return str(uuid.uuid5(NOTIFICATION_NAMESPACE, f"{request_id}\n{event}"))
 
 
-def queue_notifications(conn, export_id: str, event: str = "export.ready") -> int:
-    """The outbox: one notification per requester of the export who is waiting to be told and has a channel."""
+# The request state each notification is about: a notice no longer true (a failed export that a cleared run
+# then published) is not sent. The privacy team's email about a failed request is queued whatever the channels.
+NOTICE_STATES = {"export.ready": "ready", "export.failed": "failed", "export.cancelled": "cancelled",
+                 "privacy.export.failed": "failed"}
+TEAM_EVENTS = ("privacy.export.failed",)
+
+
+def queue_notifications(conn, export_id: str, event: str = "export.ready", *, request_id: str | None = None) -> int:
+    """The outbox: one notification of `event` per request of the export in the event's state (only
+    `request_id`'s, if given) that has a channel; at most one per request and event, ever."""
+    channel = "" if event in TEAM_EVENTS else "AND (notify_email IS NOT NULL OR webhook_url IS NOT NULL)"
     with conn.transaction():
         waiting = conn.execute(
-            "SELECT request_id FROM export_requests WHERE export_id = %s AND state = 'ready' "
-            "AND (notify_email IS NOT NULL OR webhook_url IS NOT NULL)", (export_id,)).fetchall()
+            f"SELECT request_id FROM export_requests WHERE export_id = %s AND state = %s {channel} "
+            "AND (%s::uuid IS NULL OR request_id = %s::uuid)",
+            (export_id, NOTICE_STATES[event], request_id, request_id)).fetchall()
         for row in waiting:
             conn.execute("INSERT INTO notifications (notification_id, request_id, event) VALUES (%s, %s, %s) "
                          "ON CONFLICT (request_id, event) DO NOTHING",
@@ -502,38 +512,54 @@ def queue_notifications(conn, export_id: str, event: str = "export.ready") -> in
     return len(waiting)
 
 
-def claim_notification(conn, export_id: str, claim: timedelta, skip: list[str]) -> dict | None:
-    """Take the next unsent notification of the export for `claim` (committed at once, so no lock is held while
-    it is sent); None when there is none left that nobody else holds. `skip`: ids this caller already tried."""
+def claim_notification(conn, export_id: str, claim: timedelta, skip: list[str],
+                       event: str = "export.ready") -> dict | None:
+    """Take the next unsent notification of `event` for the export for `claim` (committed at once, so no lock is
+    held while it is sent); None when there is none left that nobody else holds. `skip`: ids this caller already
+    tried."""
     with conn.transaction():
         return conn.execute(
             "WITH next AS (SELECT n.notification_id FROM notifications n JOIN export_requests r USING (request_id) "
-            "  WHERE r.export_id = %s AND r.state = 'ready' AND n.sent_at IS NULL "
+            "  WHERE r.export_id = %s AND n.event = %s AND r.state = %s AND n.sent_at IS NULL "
             "  AND (n.claimed_until IS NULL OR n.claimed_until < now()) AND NOT n.notification_id = ANY(%s) "
             "  ORDER BY n.created_at LIMIT 1 FOR UPDATE OF n SKIP LOCKED) "
             "UPDATE notifications n SET claimed_until = now() + %s, attempts = attempts + 1 FROM next, "
             "export_requests r WHERE n.notification_id = next.notification_id AND r.request_id = n.request_id "
             "RETURNING n.notification_id, n.event, n.attempts, r.*",
-            (export_id, skip, claim)).fetchone()
+            (export_id, event, NOTICE_STATES[event], skip, claim)).fetchone()
 
 
-def notification_sent(conn, notification: dict, link_expires_at: str) -> None:
+def notification_sent(conn, notification: dict, link_expires_at: str | None = None) -> None:
+    """Sent: an export.ready notice also delivers its request (the link is in the requester's hands)."""
     with conn.transaction():
         conn.execute("UPDATE notifications SET sent_at = now(), claimed_until = NULL, last_error = NULL "
                      "WHERE notification_id = %s", (notification["notification_id"],))
-        conn.execute(
-            "UPDATE export_requests SET state = 'delivered', delivered_at = now(), link_expires_at = %s, "
-            "notification_error = NULL WHERE request_id = %s AND state = 'ready'",
-            (link_expires_at, notification["request_id"]))
+        if notification["event"] == "export.ready":
+            conn.execute(
+                "UPDATE export_requests SET state = 'delivered', delivered_at = now(), link_expires_at = %s, "
+                "notification_error = NULL WHERE request_id = %s AND state = 'ready'",
+                (link_expires_at, notification["request_id"]))
 
 
 def notification_failed(conn, notification: dict, error: str) -> None:
-    """Released for the next attempt (the task's retry), with the error kept on the request."""
+    """Released for the next attempt (the task's retry, the cleanup DAG's sweep), with the error kept on the
+    request when it was the requester's notice."""
     with conn.transaction():
         conn.execute("UPDATE notifications SET claimed_until = NULL, last_error = %s WHERE notification_id = %s",
                      (error[:2000], notification["notification_id"]))
-        conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
-                     (error[:2000], notification["request_id"]))
+        if notification["event"] not in TEAM_EVENTS:
+            conn.execute("UPDATE export_requests SET notification_error = %s WHERE request_id = %s",
+                         (error[:2000], notification["request_id"]))
+
+
+def unsent_notices(conn, events: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(export id, event) of each export with a notice of these events still to send, its request still in the
+    event's state: what a sweep sends again after a failed attempt."""
+    rows = conn.execute(
+        "SELECT DISTINCT r.export_id, n.event FROM notifications n JOIN export_requests r USING (request_id) "
+        "WHERE n.sent_at IS NULL AND n.event = ANY(%s) AND r.state = (%s::jsonb ->> n.event) "
+        "ORDER BY r.export_id, n.event", (list(events), _json(NOTICE_STATES))).fetchall()
+    return [(str(row["export_id"]), row["event"]) for row in rows]
 
 
 def delivered(conn, request_id: str, link_expires_at: str) -> None:

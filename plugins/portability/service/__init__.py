@@ -41,7 +41,8 @@ def export_now(conf: dict, *, requested_by: str = "portability export",
     export has got (the command's progress bar): this process's about twice a second, the one it
     waits on as the ledger records it.
     """
-    request = parse_request(conf, SchemaSet())
+    with refusals_recorded(conf, requested_by=requested_by):
+        request = parse_request(conf, SchemaSet())
     requester = request.requester()
     lease = config.export_lease()
     request_id = None
@@ -75,13 +76,16 @@ def _export_in_process(options: dict, export_id: str, lease: timedelta,
 
 
 def _record_failure(export_id: str, exc: BaseException) -> None:
-    """The export failed: say so in the ledger, unless the ledger is what failed (the first error is what counts)."""
+    """The export failed: say so in the ledger and tell its requesters and the privacy team, unless the ledger is
+    what failed (the first error is what counts)."""
     try:
         with ledger.connect() as conn:
             ledger.fail(conn, export_id, f"{type(exc).__name__}: {exc}")
     except Exception as ledger_exc:  # noqa: BLE001
         log.warning("could not record the failure of export %s in the ledger (%s); its lease runs out instead",
                     export_id, type(ledger_exc).__name__)
+        return
+    tell_failed(export_id)
 
 
 @contextmanager
@@ -199,9 +203,12 @@ def submit(conf: dict, *, idempotency_key: str | None = None,
 
     `run_state` (a DAG run id's state, from Airflow) lets a dead DAG run's export be told from a live one.
     """
-    request = parse_request(conf, SchemaSet())
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200 and idempotency_key.isprintable()):
-        raise RequestError("invalid idempotency key: 1 to 200 printable characters")
+    key_valid = idempotency_key is None or (0 < len(idempotency_key) <= 200 and idempotency_key.isprintable())
+    with refusals_recorded(conf, requested_by="portability request",
+                           idempotency_key=idempotency_key if key_valid else None):
+        request = parse_request(conf, SchemaSet())
+        if not key_valid:
+            raise RequestError("invalid idempotency key: 1 to 200 printable characters")
     requester = request.requester()
     with ledger.connect() as conn:
         return ledger.submit(conn, request.to_dict(), requested_by=requester["requested_by"] or "portability request",
@@ -217,15 +224,87 @@ def replace_dead(request_id: str, run_state: ledger.RunState | None) -> dict | N
         return ledger.replace_dead(conn, request_id, run_state)
 
 
-def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None) -> Plan:
+@contextmanager
+def refusals_recorded(conf: object, *, requested_by: str, dag_run_id: str | None = None,
+                      idempotency_key: str | None = None) -> Iterator[None]:
+    """A request refused for its content (RequestError) in the block is recorded in the ledger, with its reason,
+    so that every request is on the privacy team's list, then the refusal goes on to the caller unchanged.
+
+    The reason is the RequestError's message, which never echoes a data subject's address; the account is
+    recorded only if it is a well-formed id, the requester only if the conf's is a valid one (else `requested_by`).
+    The same DAG run id or idempotency key records one refusal however often it is retried or replayed. If the
+    ledger cannot record it, that is logged: the refusal is still what the caller reports.
+    """
+    try:
+        yield
+    except RequestError as refusal:
+        fields = conf if isinstance(conf, dict) else {}
+        requester = fields["requested_by"] if _valid_requester(fields) else requested_by
+        try:
+            with ledger.connect() as conn:
+                ledger.refuse(conn, reason=str(refusal), requested_by=requester,
+                              account_id=well_formed_account(fields), dag_run_id=dag_run_id,
+                              idempotency_key=idempotency_key)
+        except Exception as exc:  # noqa: BLE001 (the refusal is what counts; the ledger's failure is only logged)
+            log.info("could not record the refused request in the ledger (%s)", type(exc).__name__)
+        raise
+
+
+def _valid_requester(conf: object) -> bool:
+    asked = conf.get("requested_by") if isinstance(conf, dict) else None
+    return isinstance(asked, str) and 0 < len(asked) <= 200 and asked.isprintable()
+
+
+def run_note(account_id: str | None, requested_by: str | None, *, request_id: str | None = None,
+             data_subject: bool = False, refused: str | None = None) -> str:
+    """A DAG run's note, which the Airflow UI shows in the run list and the run's details: whose export it is and
+    who asked (never the data subject's address, only that there is one), or why the request was refused."""
+    parts = [f"account {account_id}" if account_id else "no valid account",
+             f"requested by {requested_by}" if requested_by else "requester not given"]
+    if data_subject:
+        parts.append("one person's data")
+    if request_id:
+        parts.append(f"request {request_id}")
+    if refused:
+        parts.append(f"refused: {refused}")
+    from portability.resources.airflow_api import MAX_NOTE
+
+    return " · ".join(parts)[:MAX_NOTE]
+
+
+def airflow_requester(conf: dict, triggering_user: str | None) -> str:
+    """Who asked for a run triggered in Airflow: the conf's requested_by if it is a valid one, else the Airflow user
+    who triggered it."""
+    if _valid_requester(conf):
+        return conf["requested_by"]
+    return f"Airflow user {triggering_user}" if triggering_user else "airflow"
+
+
+def well_formed_account(conf: dict) -> str | None:
+    """The conf's account id if it is a valid one (only such an id is written into a note or a refusal's record)."""
+    import re
+
+    account = conf.get("account_id") if isinstance(conf, dict) else None
+    return account if isinstance(account, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", account) else None
+
+
+def conf_names(conf: dict, triggering_user: str | None) -> tuple[str | None, str]:
+    """(account, requester) of a run's conf, as its note and a refusal's record name them."""
+    return well_formed_account(conf), airflow_requester(conf, triggering_user)
+
+
+def begin(conf: dict, dag_id: str, run_id: str, run_state: ledger.RunState | None = None, *,
+          triggering_user: str | None = None) -> Plan:
     """The first task of a run: the plan, with "joined" set if another live export of the account already serves
-    it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters."""
-    request = parse_request(conf, SchemaSet())
-    plan = export.plan(conf, export_id_for_run(dag_id, run_id))
+    it; if it replaces a dead one, its categories and formats are widened to serve that one's requesters.
+    `triggering_user`: the Airflow user who triggered the run, the requester when the conf names none."""
+    with refusals_recorded(conf, requested_by=airflow_requester(conf, triggering_user), dag_run_id=run_id):
+        request = parse_request(conf, SchemaSet())
+        plan = export.plan(conf, export_id_for_run(dag_id, run_id))
     requester = request.requester()
     with ledger.connect() as conn:
         outcome = ledger.begin(conn, {"export_id": plan.export_id, **plan.options()}, run_id,
-                               requested_by=requester["requested_by"] or "airflow",
+                               requested_by=airflow_requester(requester, triggering_user),
                                notify_email=requester["notify_email"], webhook_url=requester["webhook_url"],
                                run_state=run_state)
     widened = {name: tuple(outcome[name]) for name in ("categories", "formats") if name in outcome}
@@ -248,16 +327,124 @@ def plan_from_xcom(value: dict) -> Plan:
 
 def cancel(request_id: str) -> dict:
     """Withdraw a request; if nobody else waits for its export, the export is cancelled (its run stops at its next
-    step, or the caller stops the DAG run)."""
+    step, or the caller stops the DAG run). The requester is told on their channels (export.cancelled); a channel
+    that fails is recorded on the request and tried again by the cleanup DAG, and never undoes the cancel."""
+    from portability.resources.delivery import CANCELLED
+
     export.check_export_id(request_id, "request id")
     with ledger.connect() as conn:
-        return ledger.cancel(conn, request_id)
+        result = ledger.cancel(conn, request_id)
+        ledger.queue_notifications(conn, result["export_id"], CANCELLED, request_id=request_id)
+    told = send_notices(result["export_id"], CANCELLED)
+    return {**result, "requester_told": told["notified"] > 0}
 
 
-def fail(dag_id: str, run_id: str, error: str) -> None:
-    """A task of the run failed for good: the export and its requests are marked failed, with why."""
+def fail(dag_id: str, run_id: str, error: str) -> dict:
+    """A task of the run failed for good: the export and its requests are marked failed, with why, and each
+    requester and the privacy team are told (once per request, however many tasks fail or callbacks repeat)."""
+    export_id = export_id_for_run(dag_id, run_id)
     with ledger.connect() as conn:
-        ledger.fail(conn, export_id_for_run(dag_id, run_id), error)
+        ledger.fail(conn, export_id, error)
+    return tell_failed(export_id)
+
+
+def tell_failed(export_id: str) -> dict:
+    """export.failed to each failed request's channels and one email per failed request to the privacy team.
+
+    Queued in the outbox first: the notifications table's (request, event) uniqueness makes a repeated call (a
+    second failed task, a retried callback) send nothing twice. A send that fails is logged and left in the
+    outbox for the cleanup DAG's sweep; it never raises, so the failure being reported stays the one that counts.
+    """
+    from portability.resources.delivery import FAILED, PRIVACY_FAILED
+
+    team = config.privacy_team_email()
+    try:
+        with ledger.connect() as conn:
+            ledger.queue_notifications(conn, export_id, FAILED)
+            if team:
+                ledger.queue_notifications(conn, export_id, PRIVACY_FAILED)
+            else:
+                log.info("export %s failed and PORTABILITY_PRIVACY_EMAIL is not set: the privacy team is not "
+                         "emailed", export_id)
+        told = send_notices(export_id, FAILED)
+        team_told = send_notices(export_id, PRIVACY_FAILED)
+    except Exception as exc:  # noqa: BLE001 (the ledger failed too: the failure itself is what is reported)
+        log.warning("could not tell the requesters of failed export %s (%s)", export_id, type(exc).__name__)
+        return {"notified": 0, "privacy_team_told": 0, "failures": [type(exc).__name__]}
+    return {"notified": told["notified"], "privacy_team_told": team_told["notified"],
+            "failures": told["failures"] + team_told["failures"]}
+
+
+def send_notices(export_id: str, event: str) -> dict:
+    """Send the export's queued notifications of a failed or cancelled event; returns how many were sent and the
+    failures (logged, not raised: the notices stay in the outbox for the next sweep)."""
+    from portability.resources.delivery import (
+        PRIVACY_FAILED,
+        DeliveryError,
+        cancelled_notice,
+        failed_notice,
+        post_webhook,
+        send_email,
+        send_privacy_failure,
+    )
+
+    with ledger.connect() as conn:
+        records: list[dict] = []  # read once a notification is claimed: an export may have none (or not exist)
+
+        def send(notification: dict) -> None:
+            if not records:
+                records.append(ledger.export_record(conn, export_id))
+            record = records[0]
+            if event == PRIVACY_FAILED:
+                team = config.privacy_team_email()
+                if not team:
+                    raise DeliveryError("the privacy team's email is not set: set PORTABILITY_PRIVACY_EMAIL")
+                send_privacy_failure(team, notification, record)
+                return
+            notice = failed_notice(notification, record) if notification["event"] == "export.failed" \
+                else cancelled_notice(notification)
+            if notification["notify_email"]:
+                send_email(notification["notify_email"], notice)
+            if notification["webhook_url"]:
+                post_webhook(notification["webhook_url"], notice)
+
+        told, failures = _drain_outbox(conn, export_id, event, send)
+    for failure in failures:  # recorded on the request too; info, so the command's failure stays its one line
+        log.info("%s notice not sent (it stays in the outbox for the cleanup DAG's sweep): %s", event, failure)
+    return {"notified": told, "failures": failures}
+
+
+def send_pending_notices() -> dict:
+    """The outbox sweep (the cleanup DAG): every failed or cancelled notice a failed attempt left unsent."""
+    from portability.resources.delivery import CANCELLED, FAILED, PRIVACY_FAILED
+
+    with ledger.connect() as conn:
+        pending = ledger.unsent_notices(conn, (FAILED, CANCELLED, PRIVACY_FAILED))
+    sent, failures = 0, []
+    for export_id, event in pending:
+        result = send_notices(export_id, event)
+        sent, failures = sent + result["notified"], failures + result["failures"]
+    return {"notified": sent, "failures": len(failures)}
+
+
+def _drain_outbox(conn, export_id: str, event: str, send: Callable[[dict], str | None]) -> tuple[int, list[str]]:
+    """Claim, send and record each unsent notification of `event` for the export; `send` returns the link's expiry
+    for export.ready. A channel's failure is recorded on the request and the notification released."""
+    from portability.resources.delivery import DeliveryError
+
+    told, failures, tried = 0, [], []
+    while (notification := ledger.claim_notification(conn, export_id, NOTIFICATION_CLAIM, tried,
+                                                     event)) is not None:
+        tried.append(notification["notification_id"])
+        try:
+            expires_at = send(notification)
+        except (DeliveryError, export.ExportError) as exc:
+            ledger.notification_failed(conn, notification, str(exc))
+            failures.append(f"request {notification['request_id']}: {exc}")
+            continue
+        ledger.notification_sent(conn, notification, expires_at)
+        told += 1
+    return told, failures
 
 
 # How long a sender holds a notification before another may send it (a killed sender's claim runs out).
@@ -280,23 +467,17 @@ def deliver(summary: Summary) -> dict:
         ledger.finish(conn, summary.to_xcom(), config.retention())
         ledger.queue_notifications(conn, summary.export_id)
         record = ledger.export_record(conn, summary.export_id)
-        told, failures, tried = 0, [], []
-        while (notification := ledger.claim_notification(conn, summary.export_id, NOTIFICATION_CLAIM,
-                                                         tried)) is not None:
-            tried.append(notification["notification_id"])
-            try:
-                link = _link(record, notification["expires_in_hours"])
-                notice = ready_notice(notification, summary.to_xcom(), link)
-                if notification["notify_email"]:
-                    send_email(notification["notify_email"], notice)
-                if notification["webhook_url"]:
-                    post_webhook(notification["webhook_url"], notice)
-            except (DeliveryError, export.ExportError) as exc:
-                ledger.notification_failed(conn, notification, str(exc))
-                failures.append(f"request {notification['request_id']}: {exc}")
-                continue
-            ledger.notification_sent(conn, notification, link.expires_at)
-            told += 1
+
+        def send(notification: dict) -> str:
+            link = _link(record, notification["expires_in_hours"])
+            notice = ready_notice(notification, summary.to_xcom(), link)
+            if notification["notify_email"]:
+                send_email(notification["notify_email"], notice)
+            if notification["webhook_url"]:
+                post_webhook(notification["webhook_url"], notice)
+            return link.expires_at
+
+        told, failures = _drain_outbox(conn, summary.export_id, "export.ready", send)
     if failures:
         raise DeliveryError("; ".join(failures))
     return {"notified": told}
@@ -469,6 +650,8 @@ def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = No
         if reaped:
             log.warning("%d export(s) under way had died and are now marked failed: %s", len(reaped),
                         ", ".join(reaped))
+        for export_id in reaped:  # failed for good: their requesters and the privacy team are told
+            tell_failed(export_id)
         rows = ledger.overdue_or_due(conn, timedelta(days=within_days))
         with conn.transaction():  # a failed email raises, the claims roll back and the next run tries again
             fresh = ledger.claim_deadline_alerts(conn, [row["request_id"] for row in rows], DEADLINE_ALERT_QUIET) \
@@ -476,4 +659,6 @@ def watch_deadlines(within_days: int = 7, run_state: ledger.RunState | None = No
             if fresh:
                 send_deadline_alert(to, _report_rows(rows), within_days)
     overdue = sum(1 for row in rows if row["overdue"])
-    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh), "abandoned": len(reaped)}
+    resent = send_pending_notices()  # what a failed email or webhook left in the outbox
+    return {"overdue": overdue, "due": len(rows) - overdue, "alerted": bool(fresh), "abandoned": len(reaped),
+            "notices_resent": resent["notified"]}
