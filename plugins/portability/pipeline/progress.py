@@ -60,6 +60,14 @@ class CategoryProgress:
     rows_estimated: int | None
     pieces_done: int
     pieces_total: int | None
+    stage: str = "exporting"  # "staging": a big account's rows read into staging, before its shards export them
+
+    @property
+    def percent(self) -> int | None:
+        """Rows done of the estimate, in percent (None while there is no estimate)."""
+        if not self.rows_estimated:
+            return None
+        return min(100, round(100 * self.rows_done / self.rows_estimated))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from portability.pipeline.progress import CategoryProgress  # one category's progress, as the ledger sums it
 from portability.resources.ledger import ACTIVE, DAG_ID
 
 SERVED = ("ready", "delivered")
@@ -20,23 +21,6 @@ class CategoryCount:
     category: str
     exported: int
     quarantined: int
-
-
-@dataclass(frozen=True)
-class CategoryProgress:
-    category: str
-    rows_done: int
-    rows_estimated: int | None
-    pieces_done: int
-    pieces_total: int | None
-    stage: str = "exporting"  # "staging": a big account's rows read into staging, before its shards export them
-
-    @property
-    def percent(self) -> int | None:
-        """Rows done of the estimate, in percent (None while there is no estimate)."""
-        if not self.rows_estimated:
-            return None
-        return min(100, round(100 * self.rows_done / self.rows_estimated))
 
 
 @dataclass(frozen=True)
